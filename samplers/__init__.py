@@ -1,0 +1,46 @@
+"""samplers: noise schedules, denoiser adapters, time grids and exponential-integrator ODE/SDE solvers."""
+
+from .denoiser import PREDICTION_TYPES, Denoiser, DenoiserOutput, DynamicThreshold, convert_prediction
+from .grids import GRID_KINDS, TimeGrid, make_grid
+from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource
+from .schedules import (
+    ContinuousVPSchedule,
+    DiscreteVPSchedule,
+    EDMSchedule,
+    FlowMatchingSchedule,
+    NoiseSchedule,
+    flux_time_shift_mu,
+    schedule_from_diffusers_config,
+)
+from .solvers import DDIM, DEIS, DPMSolver, DPMSolverPP, SDEDPMSolverPP, Solver, UniPC, sample
+from .state import SolverState
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "Denoiser",
+    "DenoiserOutput",
+    "DynamicThreshold",
+    "convert_prediction",
+    "GRID_KINDS",
+    "TimeGrid",
+    "make_grid",
+    "BrownianTreeNoise",
+    "GeneratorNoise",
+    "NoiseSource",
+    "ContinuousVPSchedule",
+    "DiscreteVPSchedule",
+    "EDMSchedule",
+    "FlowMatchingSchedule",
+    "NoiseSchedule",
+    "flux_time_shift_mu",
+    "schedule_from_diffusers_config",
+    "DDIM",
+    "DEIS",
+    "DPMSolver",
+    "DPMSolverPP",
+    "SDEDPMSolverPP",
+    "Solver",
+    "UniPC",
+    "sample",
+    "SolverState",
+]
