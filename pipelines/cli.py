@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from samplers import Denoiser, DiscreteVPSchedule, FlowMatchingSchedule, make_grid, sample
+from samplers import Denoiser, DiscreteVPSchedule, FlowMatchingSchedule, finest_grid, make_grid, sample
 from samplers.analytic import GaussianMixture, make_net, solve_probability_flow
 from samplers.catalogue import ODE_PRESETS, SDE_PRESETS, get_preset
 
@@ -57,24 +57,16 @@ def _demo(args: argparse.Namespace) -> int:
     )
     print(f"{'solver':<22}{'steps':>6}{'NFE':>5}{'RMS error':>12}")
     for name, solver in solvers.items():
-        grid = _largest_grid(schedule, kind, solver, args.nfe, t_start)
-        if grid is None:
-            print(f"{name:<22}  needs more than {args.nfe} evaluations")
+        try:
+            grid = finest_grid(solver, schedule, args.nfe, kind, final="zero", t_start=t_start)
+        except ValueError as err:
+            print(f"{name:<22}  {err}")
             continue
         denoiser = Denoiser(net, prediction)
         out = sample(denoiser, x_T, grid, solver, noise=args.seed)
         rms = ((out - exact) ** 2).mean().sqrt().item()
         print(f"{name:<22}{grid.steps:>6}{denoiser.nfe:>5}{rms:>12.3e}")
     return 0
-
-
-def _largest_grid(schedule, kind, solver, nfe, t_start):
-    """The finest grid whose run costs at most ``nfe`` model evaluations (None if none does)."""
-    for steps in range(nfe, solver.order - 1, -1):
-        grid = make_grid(schedule, steps, kind, final="zero", t_start=t_start)
-        if solver.evaluations(grid) <= nfe:
-            return grid
-    return None
 
 
 def _solvers(_: argparse.Namespace) -> int:

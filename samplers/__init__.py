@@ -12,7 +12,7 @@ from .schedules import (
     flux_time_shift_mu,
     schedule_from_diffusers_config,
 )
-from .solvers import DDIM, DEIS, DPMSolver, DPMSolverPP, SDEDPMSolverPP, Solver, UniPC, sample
+from .solvers import DDIM, DEIS, DPMSolver, DPMSolverPP, SDEDPMSolverPP, Solver, UniPC, finest_grid, sample
 from .state import SolverState
 
 __all__ = [
@@ -42,5 +42,6 @@ __all__ = [
     "Solver",
     "UniPC",
     "sample",
+    "finest_grid",
     "SolverState",
 ]

@@ -28,6 +28,8 @@ def _ode_presets() -> dict[str, Preset]:
     for p in (2, 3):
         presets[f"dpmsolver++{p}m"] = Preset(DPMSolverPP(p), p)
     presets["dpmsolver++2m-heun"] = Preset(DPMSolverPP(2, rule="exact"), 2)
+    # diffusers' / the reference code's 3M coefficients: second order (see samplers.coefficients)
+    presets["dpmsolver++3m-ref"] = Preset(DPMSolverPP(3, rule="dpmsolver_ref"), 2)
     return presets
 
 

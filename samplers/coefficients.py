@@ -18,6 +18,10 @@ are chosen; that choice is a :class:`Rule`:
   rho = sigma/alpha basis (DEIS tAB / rhoAB, Zhang & Chen 2023, eq. 14) by 64-point Gauss-Legendre.
 * ``midpoint``: the 2-node approximation of DPM-Solver-2 and DPM-Solver++(2M) (Lu et al. 2022b,
   Alg. 2): the slope's moment h^2 phi_2 is replaced by h phi_1 / 2.
+* ``dpmsolver_ref``: the coefficients of the DPM-Solver reference code and diffusers' DPMSolverMultistep:
+  ``midpoint`` for 2 nodes and, for 3 nodes, half the exact second-derivative moment (h phi_3 D_2 where
+  the Taylor integral gives 2 h phi_3 D_2, D_2 = h^2 P''/2). That makes its "3M" second order
+  asymptotically, but its damped extrapolation is more robust where log-SNR steps grow fast.
 * ``unipc_bh1`` / ``unipc_bh2``: UniPC's predictor/corrector with B(h) = h or e^h - 1 (Zhao et al. 2023,
   Alg. 1-3, eq. 8-11).
 """
@@ -32,7 +36,7 @@ import numpy as np
 
 __all__ = ["StepCoefficients", "phi", "step_coefficients", "RULES", "BASES"]
 
-RULES = ("exact", "midpoint", "unipc_bh1", "unipc_bh2")
+RULES = ("exact", "midpoint", "dpmsolver_ref", "unipc_bh1", "unipc_bh2")
 BASES = ("lambda", "t", "rho")
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(64)
 
@@ -79,14 +83,16 @@ def _prefactors(alpha_s, sigma_s, alpha_t, sigma_t, h, eta, data):
     return alpha_t / alpha_s, -sigma_t, sigma_t * eta * math.sqrt(math.expm1(2 * h))
 
 
-def _lambda_moments(h: float, n: int, eta: float, data: bool, midpoint: bool) -> list[float]:
+def _lambda_moments(h: float, n: int, eta: float, data: bool, rule: str) -> list[float]:
     """Moments of the kernel against (u/h)^k in closed form (DPM-Solver, eq. 3.6):
     data: nu k! h phi_{k+1}(-nu h); noise: nu k! h phi_{k+1}(h)."""
     nu = 1 + eta**2
     z = -nu * h if data else h
     moments = [nu * math.factorial(k) * h * phi(k + 1, z) for k in range(n)]
-    if midpoint and n == 2:
+    if rule in ("midpoint", "dpmsolver_ref") and n == 2:
         moments[1] = moments[0] / 2
+    if rule == "dpmsolver_ref" and n == 3:
+        moments[2] = moments[2] / 2
     return moments
 
 
@@ -199,7 +205,7 @@ def step_coefficients(
     if corrector:
         raise ValueError("corrector coefficients need a unipc rule")
     if basis == "lambda":
-        moments = _lambda_moments(h, n, eta, data, midpoint=rule == "midpoint")
+        moments = _lambda_moments(h, n, eta, data, rule)
         w = _lagrange_weights(r, moments)
     else:
         if rule != "exact":

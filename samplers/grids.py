@@ -77,6 +77,25 @@ def _loglinear_interp(values: torch.Tensor, n: int) -> torch.Tensor:
     return torch.exp(logv[idx - 1] + w * (logv[idx] - logv[idx - 1]))
 
 
+def _ays_sigmas(schedule: NoiseSchedule, sigmas: Sequence[float]) -> torch.Tensor:
+    """Validate published AYS noise levels against the schedule: a trailing 0 (the clean end) is dropped,
+    since ``final`` decides the last point, and levels within 0.1% outside the schedule's range (published
+    lists round) are clamped to it."""
+    s = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    if s.numel() and s[-1] == 0:
+        s = s[:-1]
+    if s.numel() < 2 or not torch.all(s[1:] < s[:-1]) or not torch.all(s > 0):
+        raise ValueError("ays sigmas must be >= 2 strictly decreasing positive VE noise levels (sigma/alpha)")
+    ends = torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64)
+    hi, lo = (torch.exp(-schedule.lambda_(ends))).tolist()
+    if s[0] > hi * 1.001 or s[-1] < lo * 0.999:
+        raise ValueError(
+            f"ays sigmas span [{float(s[-1]):.4g}, {float(s[0]):.4g}] but the schedule's VE noise levels "
+            f"span [{lo:.4g}, {hi:.4g}]; were they made for another schedule?"
+        )
+    return s.clamp(lo, hi)
+
+
 def make_grid(
     schedule: NoiseSchedule,
     steps: int,
@@ -96,7 +115,8 @@ def make_grid(
         k-diffusion's exponential sigmas, the same grid);
       - ``quadratic``: t = (uniform in sqrt t)^2 (DPM-Solver's ``time_quadratic``);
       - ``karras``: sigma_i^{1/rho} uniform in the VE noise level sigma/alpha (Karras et al. 2022, eq. 5);
-      - ``ays``: ``sigmas`` (VE noise levels of an Align-Your-Steps schedule) resampled log-linearly.
+      - ``ays``: ``sigmas`` (VE noise levels of an Align-Your-Steps schedule) resampled log-linearly to
+        ``steps`` evaluation levels (``final="zero"`` then appends sigma = 0; ``"min"`` uses steps + 1).
     final: ``"zero"`` replaces the last point by sigma = 0 exactly; ``"min"`` stops at ``t_end``.
     """
     if not isinstance(steps, int) or steps < 1:
@@ -131,11 +151,14 @@ def make_grid(
     elif kind == "ays":
         if sigmas is None or len(sigmas) < 2:
             raise ValueError("kind='ays' needs the schedule's VE noise levels in `sigmas` (>= 2 values)")
-        s = _loglinear_interp(torch.as_tensor(sigmas, dtype=torch.float64), n)
-        t = schedule.t_of_lambda(-torch.log(s))
+        # AYS lists are the levels the model is evaluated at; with final="zero" the clean end is appended
+        levels = _loglinear_interp(_ays_sigmas(schedule, sigmas), steps if final == "zero" else n)
+        t = schedule.t_of_lambda(-torch.log(levels))
+        if final == "zero":
+            t = torch.cat([t, torch.tensor([schedule.t_min], dtype=torch.float64)])
     else:
         raise ValueError(f"unknown grid kind {kind!r}; expected one of {GRID_KINDS} or TimeGrid.from_times")
     if kind != "ays":  # pin the end points exactly (the inverse maps are accurate to rounding only)
-        t[0] = schedule.warp(torch.tensor(t_hi, dtype=torch.float64)) if kind == "uniform_t" else t_hi
-        t[-1] = t_lo
+        ends = torch.tensor([t_hi, t_lo], dtype=torch.float64)
+        t[0], t[-1] = schedule.warp(ends) if kind == "uniform_t" else ends
     return TimeGrid.from_times(schedule, t.clamp(schedule.t_min, schedule.t_max), final=final)

@@ -261,12 +261,16 @@ def schedule_from_diffusers_config(config: Any) -> NoiseSchedule:
     """
     cfg = dict(config)
     class_name = str(cfg.get("_class_name", ""))
-    if (
+    flow = (
         "FlowMatch" in class_name
         or cfg.get("use_flow_sigmas")
         or cfg.get("prediction_type") == "flow_prediction"
-    ):
-        return FlowMatchingSchedule(shift=float(cfg.get("shift", cfg.get("flow_shift", 1.0)) or 1.0))
+        # a FlowMatch* config built in code carries no _class_name, but has a shift and no betas
+        or ("beta_start" not in cfg and ("shift" in cfg or "use_dynamic_shifting" in cfg))
+    )
+    if flow:
+        shift = cfg.get("shift") if "shift" in cfg else cfg.get("flow_shift")
+        return FlowMatchingSchedule(shift=float(shift or 1.0))
     return DiscreteVPSchedule.from_betas(
         beta_schedule=cfg.get("beta_schedule", "linear"),
         num_train_timesteps=int(cfg.get("num_train_timesteps", 1000)),

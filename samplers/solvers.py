@@ -23,13 +23,14 @@ import torch
 
 from .coefficients import BASES, RULES, step_coefficients
 from .denoiser import Denoiser, DenoiserOutput
-from .grids import TimeGrid
+from .grids import TimeGrid, make_grid
 from .noise import NoiseSource, as_noise_source
 from .state import SolverState
 
 __all__ = [
     "Solver",
     "sample",
+    "finest_grid",
     "DDIM",
     "DPMSolver",
     "DPMSolverPP",
@@ -245,6 +246,21 @@ class Solver:
         c = self._coefs(rule, lams, i, lam_t, float(grid.alpha[i + 1]), float(grid.sigma[i + 1]), grid)
         x_next = c.x_coef * state.x + _combine(c.model_coefs, outs)
         return replace(state, x=x_next, step=i + 1, prev_order=p)
+
+
+def finest_grid(
+    solver: Solver, schedule, max_nfe: int, kind: str = "uniform_lambda", **grid_kwargs
+) -> TimeGrid:
+    """The grid with the most steps whose full run with ``solver`` costs at most ``max_nfe`` evaluations.
+
+    Multistep solvers get ``max_nfe`` steps; singlestep solvers fewer (their last steps may drop order).
+    ``grid_kwargs`` go to :func:`make_grid`. Raises ValueError if even ``solver.order`` steps cost more.
+    """
+    for steps in range(max_nfe, solver.order - 1, -1):
+        grid = make_grid(schedule, steps, kind, **grid_kwargs)
+        if solver.evaluations(grid) <= max_nfe:
+            return grid
+    raise ValueError(f"{solver.name} needs more than {max_nfe} model evaluations on any grid")
 
 
 def _combine(coefs, tensors) -> torch.Tensor:
