@@ -22,7 +22,9 @@ class NoiseSource(Protocol):
 
 
 class GeneratorNoise:
-    """i.i.d. N(0, I) per step from ``generator`` (a seed gives a fresh CPU generator)."""
+    """i.i.d. N(0, I) per step from ``generator`` (a seed gives a fresh CPU generator).
+
+    Noise is drawn in float32 and cast, so a seed gives the same samples whatever the sample dtype."""
 
     def __init__(self, generator: torch.Generator | int | None = None):
         if isinstance(generator, int):
@@ -31,8 +33,8 @@ class GeneratorNoise:
 
     def __call__(self, like: torch.Tensor, lambda_s: float, lambda_t: float) -> torch.Tensor:
         device = self.generator.device if self.generator is not None else like.device
-        z = torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device=device)
-        return z.to(like.device)
+        z = torch.randn(like.shape, generator=self.generator, dtype=torch.float32, device=device)
+        return z.to(device=like.device, dtype=like.dtype)
 
 
 def _mix(seed: int, node: int) -> int:

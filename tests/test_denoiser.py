@@ -103,3 +103,15 @@ def test_nfe_counts_model_evaluations(gmm):
         sample(denoiser, x, make_grid(schedule, steps, final="zero"), solver)
         # 3S with 6 (< 15) steps lowers the final orders: 4 steps x 3 + 2 + 1 (the step into sigma = 0)
         assert denoiser.nfe == expected, solver.name
+
+
+@pytest.mark.parametrize("solver", [DPMSolverPP(2), DDIM(eta=1.0)])
+def test_float32_inputs_stay_float32_and_agree_with_float64(gmm, solver):
+    schedule = SCHEDULES[0]
+    net = make_net(gmm, lambda t: (schedule.alpha(t), schedule.sigma(t)))
+    grid = make_grid(schedule, 20, final="zero")
+    x64 = torch.randn(8, gmm.dim, dtype=torch.float64)
+    out64 = sample(Denoiser(net), x64, grid, solver, noise=3)
+    out32 = sample(Denoiser(net), x64.float(), grid, solver, noise=3)
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32.double(), out64, rtol=0, atol=1e-4)
