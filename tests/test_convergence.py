@@ -22,11 +22,12 @@ from samplers import (
 from samplers.analytic import make_net, solve_probability_flow
 from samplers.catalogue import ODE_PRESETS
 
+# (schedule, grid window, the network's prediction type)
 SCHEDULES = {
-    "vp_discrete": (DiscreteVPSchedule.from_betas("linear"), {}),
-    "vp_continuous": (ContinuousVPSchedule(), {}),
+    "vp_discrete": (DiscreteVPSchedule.from_betas("linear"), {}, "epsilon"),
+    "vp_continuous": (ContinuousVPSchedule(), {}, "v_prediction"),
     # lambda from -4.6 to 4.6, the same range as the VP schedules (alpha = 0 at t = 1 is tested separately)
-    "flow": (FlowMatchingSchedule(), {"t_start": 0.99, "t_end": 0.01}),
+    "flow": (FlowMatchingSchedule(), {"t_start": 0.99, "t_end": 0.01}, "flow"),
 }
 NFE_BY_ORDER = {1: (24, 48, 96), 2: (48, 96, 192), 3: (96, 192, 384), 4: (384, 768, 1536)}
 BATCH = 16
@@ -34,26 +35,26 @@ BATCH = 16
 
 @pytest.fixture(scope="module", params=list(SCHEDULES))
 def problem(request, gmm):
-    schedule, window = SCHEDULES[request.param]
+    schedule, window, prediction = SCHEDULES[request.param]
     ends = make_grid(schedule, 1, "uniform_lambda", final="min", **window)
     start, end = (float(ends.alpha[0]), float(ends.sigma[0])), (float(ends.alpha[-1]), float(ends.sigma[-1]))
     z = torch.randn(BATCH, gmm.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     x_start = z * math.hypot(*start)
     exact = solve_probability_flow(gmm, x_start, start, [end])[0]
-    net = make_net(gmm, lambda t: (schedule.alpha(t), schedule.sigma(t)), "epsilon")
-    return schedule, window, x_start, exact, net
+    net = make_net(gmm, lambda t: (schedule.alpha(t), schedule.sigma(t)), prediction)
+    return schedule, window, x_start, exact, Denoiser(net, prediction)
 
 
 def measured_order(solver, problem, nfes):
-    schedule, window, x_start, exact, net = problem
+    schedule, window, x_start, exact, denoiser = problem
     per_step = 1 if solver.multistep else solver.order
     errors, counts = [], []
     for nfe in nfes:
         grid = make_grid(schedule, nfe // per_step, "uniform_lambda", final="min", **window)
-        denoiser = Denoiser(net, "epsilon")
+        nfe_before = denoiser.nfe
         out = sample(denoiser, x_start, grid, solver)
         errors.append(((out - exact) ** 2).mean().sqrt().item())
-        counts.append(denoiser.nfe)
+        counts.append(denoiser.nfe - nfe_before)
     return -np.polyfit(np.log(counts), np.log(errors), 1)[0], errors, counts
 
 
