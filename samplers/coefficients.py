@@ -96,13 +96,13 @@ def _lambda_moments(h: float, n: int, eta: float, data: bool, rule: str) -> list
     return moments
 
 
-def _quadrature_moments_fn(
+def _quadrature_points(
     basis_of_lambda: Callable[[np.ndarray], np.ndarray],
     lam_s: float,
     lam_t: float,
     eta: float,
     data: bool,
-) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
+) -> tuple[np.ndarray, float]:
     """Gauss-Legendre rule for \\int_0^h K(u) f(u) du in a variable where the kernel is flat.
 
     data: w = e^{-nu (h-u)} in [e^{-nu h}, 1] ( dw = nu w du ); noise: rho = e^{-lambda}, and
@@ -124,21 +124,18 @@ def _quadrature_moments_fn(
     return basis_of_lambda(lam), scale
 
 
-def _unipc_rhos(
-    r: Sequence[float], h: float, data: bool, variant: str, corrector: bool
-) -> tuple[list, float]:
+def _unipc_rhos(r: Sequence[float], h: float, data: bool, variant: str) -> tuple[list, float]:
     """UniPC's rho solve (Zhao et al. 2023, eq. 8/11): R rho = b with R[i,k] = r_k^i and
-    b_i = (i+1)! hh phi_{i+2}(hh) / B(h), hh = -h for data prediction. Returns (rho, B(h))."""
+    b_i = (i+1)! hh phi_{i+2}(hh) / B(h), hh = -h for data prediction. Returns (rho, B(h)).
+
+    With a single node (the order-2 predictor, or the order-1 corrector) UniPC fixes rho = 1/2 instead
+    (reference implementation and diffusers)."""
     hh = -h if data else h
     b_h = hh if variant == "unipc_bh1" else math.expm1(hh)
     p = len(r)
-    b = [math.factorial(i + 1) * hh * phi(i + 2, hh) / b_h for i in range(p)]
-    if corrector:
-        if p == 1:
-            return [0.5], b_h
-        return list(np.linalg.solve(np.vander(np.asarray(r), N=p, increasing=True).T, b)), b_h
-    if p == 1:  # the order-2 predictor: UniPC fixes rho = 1/2 (reference implementation and diffusers)
+    if p == 1:
         return [0.5], b_h
+    b = [math.factorial(i + 1) * hh * phi(i + 2, hh) / b_h for i in range(p)]
     return list(np.linalg.solve(np.vander(np.asarray(r), N=p, increasing=True).T, b)), b_h
 
 
@@ -191,7 +188,7 @@ def step_coefficients(
         hh = -h if data else h
         h_phi_1 = math.expm1(hh)
         prev = r[1:]  # predictor: history nodes (r < 0); corrector: history nodes then r = 1 for m_t
-        rhos, b_h = _unipc_rhos(prev, h, data, rule, corrector) if len(prev) else ([], 0.0)
+        rhos, b_h = _unipc_rhos(prev, h, data, rule) if len(prev) else ([], 0.0)
         # x_t = A x_s - C' h_phi_1 m0 - C' B(h) sum_k rho_k (m_k - m0)/r_k,
         # with C' = alpha_t (data prediction) or sigma_t (noise prediction).
         c_prime = alpha_t if data else sigma_t
@@ -213,7 +210,7 @@ def step_coefficients(
         if basis_of_lambda is None:
             raise ValueError(f"basis {basis!r} needs basis_of_lambda")
         b_nodes = basis_of_lambda(np.asarray(lambdas, dtype=np.float64))
-        b_quad, scale = _quadrature_moments_fn(basis_of_lambda, lam_s, lam_t, eta, data)
+        b_quad, scale = _quadrature_points(basis_of_lambda, lam_s, lam_t, eta, data)
         # Lagrange basis polynomials in the chosen variable, evaluated at the quadrature points.
         centre, width = b_nodes[0], (b_nodes.max() - b_nodes.min()) or 1.0
         nodes = (b_nodes - centre) / width
