@@ -149,7 +149,7 @@ def make_grid(
         s = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
         t = schedule.t_of_lambda(-torch.log(s))
     elif kind == "ays":
-        if sigmas is None or len(sigmas) < 2:
+        if sigmas is None:  # the list itself is checked by _ays_sigmas
             raise ValueError("kind='ays' needs the schedule's VE noise levels in `sigmas` (>= 2 values)")
         # AYS lists are the levels the model is evaluated at; with final="zero" the clean end is appended
         levels = _loglinear_interp(_ays_sigmas(schedule, sigmas), steps if final == "zero" else n)

@@ -2,8 +2,9 @@
 
 Writes docs/benchmarks/solver_accuracy.md: the RMS error against the exact probability-flow ODE solution
 (DOP853, rtol = atol = 1e-12) at a range of NFE, for a Stable-Diffusion-like DDPM schedule and a flow
-schedule with shift 3, every run ending exactly at sigma = 0; and, on diffusers' own timesteps, our
-DPM-Solver++(3M) against diffusers' DPMSolverMultistepScheduler(solver_order=3) on the same model.
+schedule with shift 3, every run ending exactly at sigma = 0; and DPM-Solver++(3M) with exact and with
+reference (diffusers) coefficients, on diffusers' own timesteps (next to diffusers'
+DPMSolverMultistepScheduler(solver_order=3) on the same model) and on a uniform log-SNR grid.
 
     .venv/bin/python scripts/bench_solvers.py [--quick]
 """
