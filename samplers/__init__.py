@@ -3,6 +3,13 @@
 from .denoiser import PREDICTION_TYPES, Denoiser, DenoiserOutput, DynamicThreshold, convert_prediction
 from .grids import GRID_KINDS, TimeGrid, make_grid
 from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource
+from .schedulers import (
+    DDIMSolverScheduler,
+    DEISScheduler,
+    DPMSolverPPScheduler,
+    ExponentialIntegratorScheduler,
+    UniPCScheduler,
+)
 from .schedules import (
     ContinuousVPSchedule,
     DiscreteVPSchedule,
@@ -44,4 +51,9 @@ __all__ = [
     "sample",
     "finest_grid",
     "SolverState",
+    "DDIMSolverScheduler",
+    "DEISScheduler",
+    "DPMSolverPPScheduler",
+    "ExponentialIntegratorScheduler",
+    "UniPCScheduler",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -30,6 +31,8 @@ class TimeGrid:
     sigma: torch.Tensor
     #: The schedule the grid was built on (needed for intermediate stages and t-basis rules).
     schedule: NoiseSchedule | None = field(default=None, compare=False, repr=False)
+    #: Step coefficients already computed on this grid (they depend on the grid and the rule only).
+    coefficient_cache: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not (self.t.shape == self.alpha.shape == self.sigma.shape) or self.t.ndim != 1:
@@ -43,6 +46,19 @@ class TimeGrid:
     @property
     def lambda_(self) -> torch.Tensor:
         return torch.log(self.alpha) - torch.log(self.sigma)
+
+    @cached_property
+    def lambdas(self) -> list[float]:
+        """``lambda_`` as Python floats (what step rules consume)."""
+        return self.lambda_.tolist()
+
+    @cached_property
+    def alpha_values(self) -> list[float]:
+        return self.alpha.tolist()
+
+    @cached_property
+    def sigma_values(self) -> list[float]:
+        return self.sigma.tolist()
 
     @property
     def steps(self) -> int:

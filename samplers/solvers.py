@@ -14,14 +14,14 @@ Usage::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import torch
 
-from .coefficients import BASES, RULES, step_coefficients
+from .coefficients import BASES, RULES, StepCoefficients, step_coefficients
 from .denoiser import Denoiser, DenoiserOutput
 from .grids import TimeGrid, make_grid
 from .noise import NoiseSource, as_noise_source
@@ -29,6 +29,7 @@ from .state import SolverState
 
 __all__ = [
     "Solver",
+    "Evaluation",
     "sample",
     "finest_grid",
     "DDIM",
@@ -110,11 +111,8 @@ class Solver:
     def init(
         self, x: torch.Tensor, grid: TimeGrid, cond: Mapping[str, torch.Tensor] | None = None
     ) -> SolverState:
-        """Validate the grid and wrap the starting sample x (at grid index 0)."""
-        if grid.steps < self.order:
-            raise ValueError(
-                f"{self.name} of order {self.order} needs at least {self.order} steps, got {grid.steps}"
-            )
+        """Validate the grid and wrap the starting sample x (at grid index 0). Grids with fewer steps than
+        ``order`` are fine: a multistep run then never gathers enough history to reach its full order."""
         if self.prediction == "noise" and float(grid.alpha[0]) == 0:
             raise ValueError(f"{self.name}: noise prediction cannot start at alpha = 0; start at t < t_max")
         if not self.multistep and not math.isfinite(float(grid.lambda_[0])):
@@ -130,15 +128,33 @@ class Solver:
         grid: TimeGrid,
         noise: NoiseSource | torch.Generator | int | None = None,
     ) -> SolverState:
-        """Advance ``state`` from grid index ``state.step`` to ``state.step + 1``."""
+        """Advance ``state`` from grid index ``state.step`` to ``state.step + 1``, calling ``denoiser``."""
+        plan = self.advance(state, grid, noise)
+        request = next(plan)
+        while True:
+            out = _evaluate(denoiser, request, state.cond)
+            try:
+                request = plan.send(out)
+            except StopIteration as done:
+                return done.value
+
+    def advance(
+        self,
+        state: SolverState,
+        grid: TimeGrid,
+        noise: NoiseSource | torch.Generator | int | None = None,
+    ) -> Generator[Evaluation, DenoiserOutput, SolverState]:
+        """One step as a coroutine: yields each :class:`Evaluation` the step needs, receives the model's
+        :class:`DenoiserOutput` for it, and returns the new state. :meth:`step` drives it with a
+        denoiser; the diffusers-API schedulers drive it with the model outputs a pipeline hands them."""
         i = state.step
         if not 0 <= i < grid.steps:
             raise ValueError(f"state is at step {i}; the grid has steps 0..{grid.steps - 1}")
-        out = _evaluate(denoiser, state.x, grid, i, state.cond)
+        out = yield Evaluation(state.x, grid.t[i], grid.alpha_values[i], grid.sigma_values[i], i)
         m = out.x0 if self.prediction == "data" else out.eps
         if self.multistep:
             return self._multistep(state, grid, m, noise)
-        return self._singlestep(denoiser, state, grid, m)
+        return (yield from self._singlestep(state, grid, m))
 
     def evaluations(self, grid: TimeGrid) -> int:
         """Model evaluations (NFE) a full run over ``grid`` costs."""
@@ -146,10 +162,22 @@ class Solver:
             return grid.steps
         return sum(self._order_at(i, grid, self.order) for i in range(grid.steps))
 
+    def evaluation_points(self, grid: TimeGrid) -> list[tuple[float, float, float]]:
+        """(t, alpha, sigma) of every model evaluation of a full run over ``grid``, in order."""
+        return [point for i in range(grid.steps) for point in self.step_evaluations(i, grid)]
+
+    def step_evaluations(self, i: int, grid: TimeGrid) -> list[tuple[float, float, float]]:
+        """(t, alpha, sigma) of the model evaluations of grid step i: the grid point, then any stages."""
+        points = [(float(grid.t[i]), grid.alpha_values[i], grid.sigma_values[i])]
+        if not self.multistep:
+            p = self._order_at(i, grid, self.order)
+            points += [(t, a, s) for t, a, s, _ in self._stage_points(i, grid, p)]
+        return points
+
     # ------------------------------------------------------------------ internals
     def _order_at(self, i: int, grid: TimeGrid, available: int) -> int:
         order = min(self.order, available)
-        if float(grid.sigma[i + 1]) == 0:
+        if grid.sigma_values[i + 1] == 0:
             return 1  # a lambda-polynomial cannot be evaluated at lambda = +inf
         lof = self.lower_order_final
         if lof is None:
@@ -158,25 +186,41 @@ class Solver:
             order = min(order, grid.steps - i)
         return order
 
-    def _coefs(self, rule, lams, i_from, lam_to, a_to, s_to, grid, corrector=False):
-        basis_fn = _basis_function(self.basis, grid)
-        return step_coefficients(
+    def _coefs(self, rule, lams, i_from, lam_to, a_to, s_to, grid, corrector=False) -> StepCoefficients:
+        """Step coefficients, memoised on the grid (they depend on the grid points and the rule only)."""
+        key = (
             rule,
-            lams,
+            tuple(lams),
+            i_from,
             lam_to,
-            float(grid.alpha[i_from]),
-            float(grid.sigma[i_from]),
             a_to,
             s_to,
-            data=self.prediction == "data",
-            eta=self.eta,
-            basis=self.basis,
-            basis_of_lambda=basis_fn,
-            corrector=corrector,
+            corrector,
+            self.prediction,
+            self.eta,
+            self.basis,
         )
+        cached = grid.coefficient_cache.get(key)
+        if cached is None:
+            cached = step_coefficients(
+                rule,
+                lams,
+                lam_to,
+                grid.alpha_values[i_from],
+                grid.sigma_values[i_from],
+                a_to,
+                s_to,
+                data=self.prediction == "data",
+                eta=self.eta,
+                basis=self.basis,
+                basis_of_lambda=_basis_function(self.basis, grid),
+                corrector=corrector,
+            )
+            grid.coefficient_cache[key] = cached
+        return cached
 
     def _multistep(self, state, grid, m, noise) -> SolverState:
-        i, lam = state.step, grid.lambda_.tolist()
+        i, lam = state.step, grid.lambdas
         x = state.x
         if self.corrector and state.x_prev is not None and state.prev_order > 0 and math.isfinite(lam[i - 1]):
             # UniC (Zhao et al. 2023, Alg. 2): re-solve the last step with m_i as an extra node.
@@ -184,16 +228,9 @@ class Solver:
             hist = list(zip(state.history_steps, state.history, strict=True))[::-1][:p]
             lams = [lam[j] for j, _ in hist] + [lam[i]]
             c = self._coefs(
-                self.corrector,
-                lams,
-                i - 1,
-                lam[i],
-                float(grid.alpha[i]),
-                float(grid.sigma[i]),
-                grid,
-                corrector=True,
+                self.corrector, lams, i - 1, lam[i], grid.alpha_values[i], grid.sigma_values[i], grid, True
             )
-            x = c.x_coef * state.x_prev + _combine(c.model_coefs, [h for _, h in hist] + [m])
+            x = _combine(c, state.x_prev, [h for _, h in hist] + [m])
         steps = (*state.history_steps, i)[-self.order :]
         history = (*state.history, m)[-self.order :]
         # newest first; nodes at lambda = -inf (flow start, alpha = 0) carry no polynomial information
@@ -207,45 +244,71 @@ class Solver:
             [lam[j] for j, _ in nodes],
             i,
             lam[i + 1],
-            float(grid.alpha[i + 1]),
-            float(grid.sigma[i + 1]),
+            grid.alpha_values[i + 1],
+            grid.sigma_values[i + 1],
             grid,
         )
-        x_next = c.x_coef * x + _combine(c.model_coefs, [h for _, h in nodes])
+        x_next = _combine(c, x, [h for _, h in nodes])
         if c.noise_coef > 0:
             x_next = x_next + c.noise_coef * as_noise_source(noise)(x, lam[i], lam[i + 1])
         return replace(
             state, x=x_next, step=i + 1, history=history, history_steps=steps, x_prev=x, prev_order=p
         )
 
-    def _singlestep(self, denoiser, state, grid, m) -> SolverState:
+    def _stage_points(self, i: int, grid: TimeGrid, p: int) -> list[tuple[float, float, float, float]]:
+        """(t, alpha, sigma, lambda) of the intermediate stages of singlestep step i at order p."""
+        if p == 1:
+            return []
+        if grid.schedule is None:
+            raise ValueError(
+                f"{self.name}: singlestep stages need grid.schedule (build the grid with make_grid)"
+            )
+        lam_s, lam_t = grid.lambdas[i], grid.lambdas[i + 1]
+        rs = self.stages if (self.stages and p == self.order) else _DEFAULT_R[p]
+        points = []
+        for r in rs:
+            t_k = grid.schedule.t_of_lambda(torch.tensor(lam_s + r * (lam_t - lam_s), dtype=torch.float64))
+            a_k, s_k = float(grid.schedule.alpha(t_k)), float(grid.schedule.sigma(t_k))
+            points.append((float(t_k), a_k, s_k, math.log(a_k) - math.log(s_k)))
+        return points
+
+    def _singlestep(self, state, grid, m) -> Generator[Evaluation, DenoiserOutput, SolverState]:
         """DPM-Solver-2/-3 (Lu et al. 2022, Alg. 1 and 2; data-prediction form Lu et al. 2022b, Alg. 1):
         intermediate stages at lambda_s + r_k h, each solved exactly from the stages before it; the final
         update uses s and the last stage (with r = 2/3 that is third order)."""
-        i, schedule = state.step, grid.schedule
-        lam_s, lam_t = float(grid.lambda_[i]), float(grid.lambda_[i + 1])
+        i = state.step
         p = self._order_at(i, grid, self.order)
-        lams, outs = [lam_s], [m]
+        lams, outs = [grid.lambdas[i]], [m]
         if p > 1:
-            if schedule is None:
-                raise ValueError(
-                    f"{self.name}: singlestep stages need grid.schedule (build the grid with make_grid)"
-                )
-            rs = self.stages if (self.stages and p == self.order) else _DEFAULT_R[p]
-            for k, r in enumerate(rs):
-                t_k = schedule.t_of_lambda(torch.tensor(lam_s + r * (lam_t - lam_s), dtype=torch.float64))
-                a_k, s_k = float(schedule.alpha(t_k)), float(schedule.sigma(t_k))
-                lam_k = math.log(a_k) - math.log(s_k)
+            for k, (t_k, a_k, s_k, lam_k) in enumerate(self._stage_points(i, grid, p), start=1):
                 c = self._coefs("exact", lams, i, lam_k, a_k, s_k, grid)
-                u = c.x_coef * state.x + _combine(c.model_coefs, outs)
-                o = _evaluate(denoiser, u, grid, i, state.cond, stage=(k + 1, float(t_k), a_k, s_k))
+                o = yield Evaluation(_combine(c, state.x, outs), t_k, a_k, s_k, i, k)
                 lams.append(lam_k)
                 outs.append(o.x0 if self.prediction == "data" else o.eps)
             lams, outs = [lams[0], lams[-1]], [outs[0], outs[-1]]
         rule = self.rule if p == 2 else "exact"  # the midpoint approximation is only second order
-        c = self._coefs(rule, lams, i, lam_t, float(grid.alpha[i + 1]), float(grid.sigma[i + 1]), grid)
-        x_next = c.x_coef * state.x + _combine(c.model_coefs, outs)
-        return replace(state, x=x_next, step=i + 1, prev_order=p)
+        c = self._coefs(
+            rule, lams, i, grid.lambdas[i + 1], grid.alpha_values[i + 1], grid.sigma_values[i + 1], grid
+        )
+        return replace(state, x=_combine(c, state.x, outs), step=i + 1, prev_order=p)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model evaluation a step asks for: the network at sample ``x`` and time ``t`` (with the schedule's
+    ``alpha``/``sigma`` there), for grid step ``step`` (``stage`` 0 is the grid point itself)."""
+
+    x: torch.Tensor
+    t: torch.Tensor | float
+    alpha: float
+    sigma: float
+    step: int
+    stage: int = 0
+
+    @property
+    def where(self) -> str:
+        t = f"t={float(self.t):.6g}"
+        return f"step {self.step} ({t})" if self.stage == 0 else f"step {self.step}, stage {self.stage} ({t})"
 
 
 def finest_grid(
@@ -263,11 +326,12 @@ def finest_grid(
     raise ValueError(f"{solver.name} needs more than {max_nfe} model evaluations on any grid")
 
 
-def _combine(coefs, tensors) -> torch.Tensor:
-    total = coefs[0] * tensors[0]
-    for c, t in zip(coefs[1:], tensors[1:], strict=True):
-        total = total + c * t
-    return total
+def _combine(c: StepCoefficients, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+    """x_coef * x + sum_j model_coefs[j] * outputs[j] (fused multiply-adds, no noise term)."""
+    total = torch.mul(outputs[0], c.model_coefs[0])
+    for coef, out in zip(c.model_coefs[1:], outputs[1:], strict=True):
+        total = total.add_(out, alpha=coef)
+    return total.add_(x, alpha=c.x_coef) if c.x_coef != 0 else total
 
 
 def _basis_function(basis: str, grid: TimeGrid):
@@ -281,17 +345,11 @@ def _basis_function(basis: str, grid: TimeGrid):
     return lambda lam: schedule.t_of_lambda(torch.as_tensor(lam, dtype=torch.float64)).numpy()
 
 
-def _evaluate(denoiser, x, grid, i, cond, stage=None) -> DenoiserOutput:
-    if stage is None:
-        t, a, s = grid.t[i], float(grid.alpha[i]), float(grid.sigma[i])
-        where = f"step {i} (t={float(t):.6g})"
-    else:
-        k, t, a, s = stage
-        where = f"step {i}, stage {k} (t={t:.6g})"
-    out = denoiser(x, t, a, s, cond)
+def _evaluate(denoiser, request: Evaluation, cond) -> DenoiserOutput:
+    out = denoiser(request.x, request.t, request.alpha, request.sigma, cond)
     for name, value in (("x0", out.x0), ("eps", out.eps)):
         if not torch.isfinite(value).all():
-            raise ValueError(f"model output ({name}) contains NaN or Inf at {where}")
+            raise ValueError(f"model output ({name}) contains NaN or Inf at {request.where}")
     return out
 
 
