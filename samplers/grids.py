@@ -95,7 +95,7 @@ def _loglinear_interp(values: torch.Tensor, n: int) -> torch.Tensor:
 
 def _ays_sigmas(schedule: NoiseSchedule, sigmas: Sequence[float]) -> torch.Tensor:
     """Validate published AYS noise levels against the schedule: a trailing 0 (the clean end) is dropped,
-    since ``final`` decides the last point, and levels within 0.1% outside the schedule's range (published
+    since ``final`` decides the last point, and levels within 1% outside the schedule's range (published
     lists round) are clamped to it."""
     s = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
     if s.numel() and s[-1] == 0:
@@ -104,7 +104,7 @@ def _ays_sigmas(schedule: NoiseSchedule, sigmas: Sequence[float]) -> torch.Tenso
         raise ValueError("ays sigmas must be >= 2 strictly decreasing positive VE noise levels (sigma/alpha)")
     ends = torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64)
     hi, lo = (torch.exp(-schedule.lambda_(ends))).tolist()
-    if s[0] > hi * 1.001 or s[-1] < lo * 0.999:
+    if s[0] > hi * 1.01 or s[-1] < lo * 0.99:
         raise ValueError(
             f"ays sigmas span [{float(s[-1]):.4g}, {float(s[0]):.4g}] but the schedule's VE noise levels "
             f"span [{lo:.4g}, {hi:.4g}]; were they made for another schedule?"

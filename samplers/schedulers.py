@@ -103,6 +103,7 @@ _PREDICTIONS = {
     "v_prediction": "v_prediction",
     "flow_prediction": "flow",
 }
+_MAX_CACHED_COEFFICIENTS = 20_000
 _FLOW_CLASS_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift")
 
 
@@ -274,7 +275,12 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
 
     def _install(self, grid: TimeGrid, device: str | torch.device | None) -> None:
         calls = self._calls(grid)
+        if self.grid is not None and len(self.grid.coefficient_cache) < _MAX_CACHED_COEFFICIENTS:
+            # coefficients depend on (log-SNR, alpha, sigma) values and the config only: a repeated
+            # set_timesteps (one per generation) finds them all here
+            grid.coefficient_cache.update(self.grid.coefficient_cache)
         self.grid, self._call_plan = grid, calls
+        _ = grid.lambdas, grid.alpha_values, grid.sigma_values  # host lists now, not inside step()
         times = [t for (_, _, t, _, _) in calls]
         levels = [s / a if not self.is_flow else s for (_, _, _, a, s) in calls]
         final = grid.sigma_values[-1] / grid.alpha_values[-1] if not self.is_flow else grid.sigma_values[-1]
@@ -362,8 +368,9 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
         if np.any(values < 0):
             raise ValueError("sigmas must be >= 0")
         ve = torch.as_tensor(values, dtype=torch.float64)
-        t = schedule.t_of_lambda(-torch.log(ve.clamp_min(1e-300)))
-        t[ve == 0] = -1.0  # marks the final level sigma = 0
+        t = torch.full_like(ve, -1.0)  # -1 marks the final level sigma = 0
+        positive = ve > 0
+        t[positive] = schedule.t_of_lambda(-torch.log(ve[positive]))
         return t.tolist()
 
     def _grid_from_levels(self, schedule: NoiseSchedule, levels: Sequence[float]) -> TimeGrid:
@@ -590,8 +597,8 @@ class DPMSolverPPScheduler(_EngineScheduler):
 class DEISScheduler(_EngineScheduler):
     """DEIS (Zhang & Chen 2023): noise prediction, Lagrange polynomial integrated exactly.
 
-    Config: ``solver_order`` 1-3 (default 2, as diffusers); ``solver_type`` ``"logrho"`` (polynomial in log-SNR; diffusers'
-    DEISMultistepScheduler), ``"t"`` (tAB, the paper's best) or ``"rho"`` (rhoAB)."""
+    Config: ``solver_order`` 1-3 (default 2, as diffusers); ``solver_type`` ``"logrho"`` (polynomial in
+    log-SNR; diffusers' DEISMultistepScheduler), ``"t"`` (tAB, the paper's best) or ``"rho"`` (rhoAB)."""
 
     # diffusers' DEISMultistepScheduler ends at sigma_min (it has no final_sigmas_type option)
     ALGORITHM_CONFIG = {

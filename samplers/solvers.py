@@ -113,9 +113,9 @@ class Solver:
     ) -> SolverState:
         """Validate the grid and wrap the starting sample x (at grid index 0). Grids with fewer steps than
         ``order`` are fine: a multistep run then never gathers enough history to reach its full order."""
-        if self.prediction == "noise" and float(grid.alpha[0]) == 0:
+        if self.prediction == "noise" and grid.alpha_values[0] == 0:
             raise ValueError(f"{self.name}: noise prediction cannot start at alpha = 0; start at t < t_max")
-        if not self.multistep and not math.isfinite(float(grid.lambda_[0])):
+        if not self.multistep and not math.isfinite(grid.lambdas[0]):
             raise ValueError(
                 f"{self.name}: singlestep stages need a finite start log-SNR; start at t < t_max"
             )
