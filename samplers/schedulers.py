@@ -117,6 +117,9 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
 
     order = 1  # one model evaluation per call of step()
     ALGORITHM_CONFIG: ClassVar[dict[str, Any]] = {}
+    #: Values of another scheduler family's options mapped to ours (as diffusers does), so that
+    #: ``X.from_config(other.config)`` works for a config saved with every key set (released checkpoints).
+    FOREIGN_VALUES: ClassVar[dict[str, dict[str, str]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -175,6 +178,9 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
             else None
         )
         self._base_schedule = None if self.is_flow else _ddpm_schedule(cfg)
+        for key, mapping in self.FOREIGN_VALUES.items():
+            if cfg[key] in mapping:  # another scheduler's option, carried over by from_config
+                self.register_to_config(**{key: mapping[cfg[key]]})
         self.solvers = self._solvers()
         self.init_noise_sigma = 1.0
         self.timesteps: torch.Tensor | None = None
@@ -329,9 +335,13 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
 
     def _levels_of(self, schedule: NoiseSchedule, kind: str, n: int, *, with_min: bool) -> list[float]:
         cfg = self.config
-        # log-SNR grids cannot start at a flow's pure-noise end (alpha = 0); start one training step in
-        t_start = 1.0 - 1.0 / cfg.num_train_timesteps if self.is_flow and kind != "uniform_t" else None
-        options = dict(t_start=t_start, rho=cfg.karras_rho)
+        t_start = t_end = None
+        if self.is_flow and kind not in ("uniform_t", "quadratic"):
+            # log-SNR grids need finite ends: one training step in from pure noise (alpha = 0) and the
+            # shifted first training level at the clean end, as diffusers' flow sigmas
+            step = 1.0 / cfg.num_train_timesteps
+            t_start, t_end = 1.0 - step, float(schedule.warp(torch.tensor(step, dtype=torch.float64)))
+        options = dict(t_start=t_start, t_end=t_end, rho=cfg.karras_rho)
         if kind == "ays":
             if cfg.ays_sigmas is None and self.is_flow:
                 raise ValueError("time_grid='ays' on a flow model needs ays_sigmas (VE levels sigma/alpha)")
@@ -382,6 +392,10 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
         if not levels:
             raise ValueError("need at least one evaluation level above sigma = 0")
         lo, hi = schedule.t_min, schedule.t_max
+        if levels[0] == hi and float(schedule.alpha(torch.tensor(hi))) == 0 and self._needs_finite_start():
+            # noise-prediction and singlestep updates need a finite start log-SNR: begin one training step
+            # in from pure noise, where diffusers' flow grids begin
+            levels[0] = hi - 1.0 / self.config.num_train_timesteps
         if any(not (lo <= t <= hi) for t in levels):
             raise ValueError(f"timesteps/sigmas outside the schedule's range [{lo}, {hi}] (in time units)")
         if any(b >= a for a, b in zip(levels, levels[1:])):
@@ -390,6 +404,9 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
         if final == "min" and levels[-1] <= lo:
             raise ValueError("final_sigmas_type='sigma_min' needs the last timestep above the schedule's end")
         return TimeGrid.from_times(schedule, [*levels, lo], final=final)
+
+    def _needs_finite_start(self) -> bool:
+        return any(s.prediction == "noise" or not s.multistep for s in self.solvers)
 
     def _final_sigmas_type(self) -> str:
         return self.config.final_sigmas_type
@@ -565,6 +582,10 @@ class DPMSolverPPScheduler(_EngineScheduler):
     (exact Lagrange integration at every order); ``singlestep`` for DPM-Solver-2/3 stages (Alg. 1-2).
     """
 
+    FOREIGN_VALUES = {
+        "solver_type": {"bh1": "midpoint", "bh2": "midpoint", "logrho": "midpoint"},
+        "algorithm_type": {"deis": "dpmsolver++"},
+    }
     ALGORITHM_CONFIG = {
         "solver_order": 2,
         "algorithm_type": "dpmsolver++",
@@ -600,6 +621,10 @@ class DEISScheduler(_EngineScheduler):
     Config: ``solver_order`` 1-3 (default 2, as diffusers); ``solver_type`` ``"logrho"`` (polynomial in
     log-SNR; diffusers' DEISMultistepScheduler), ``"t"`` (tAB, the paper's best) or ``"rho"`` (rhoAB)."""
 
+    FOREIGN_VALUES = {
+        "solver_type": {"midpoint": "logrho", "heun": "logrho", "bh1": "logrho", "bh2": "logrho"},
+        "algorithm_type": {"dpmsolver++": "deis", "dpmsolver": "deis", "sde-dpmsolver++": "deis"},
+    }
     # diffusers' DEISMultistepScheduler ends at sigma_min (it has no final_sigmas_type option)
     ALGORITHM_CONFIG = {
         "solver_order": 2,
@@ -630,6 +655,7 @@ class UniPCScheduler(_EngineScheduler):
     (data prediction); ``disable_corrector`` (accepted for compatibility; only an empty list is supported:
     use ``corrector=False`` to turn UniC off for the whole run)."""
 
+    FOREIGN_VALUES = {"solver_type": {"midpoint": "bh2", "heun": "bh2", "logrho": "bh2"}}
     ALGORITHM_CONFIG = {
         "solver_order": 2,
         "solver_type": "bh2",
@@ -661,6 +687,9 @@ class DDIMSolverScheduler(_EngineScheduler):
     ``set_alpha_to_one=False`` (Stable Diffusion's DDIM config) ends at the schedule's sigma_min."""
 
     ALGORITHM_CONFIG = {"eta": 0.0, "set_alpha_to_one": True, "timestep_spacing": "leading"}
+
+    def _needs_finite_start(self) -> bool:
+        return any(s.prediction == "noise" or not s.multistep for s in self.solvers)
 
     def _final_sigmas_type(self) -> str:
         return "sigma_min" if not self.config.set_alpha_to_one else self.config.final_sigmas_type

@@ -401,6 +401,46 @@ def test_from_diffusers_configs():
     assert torch.isfinite(zsnr.sigmas).all()
 
 
+def test_foreign_solver_types_are_mapped_as_diffusers_does():
+    """Released configs carry every key: another family's solver_type must not break from_config."""
+    wan_like = diffusers.UniPCMultistepScheduler(solver_type="bh2", prediction_type="flow_prediction")
+    assert DPMSolverPPScheduler.from_config(wan_like.config).config.solver_type == "midpoint"
+    assert DEISScheduler.from_config(wan_like.config).config.solver_type == "logrho"
+    heun = diffusers.DPMSolverMultistepScheduler(solver_type="heun", **SD)
+    assert UniPCScheduler.from_config(heun.config).config.solver_type == "bh2"
+    deis = diffusers.DEISMultistepScheduler(**SD)
+    assert DPMSolverPPScheduler.from_config(deis.config).config.algorithm_type == "dpmsolver++"
+
+
+@pytest.mark.parametrize("flag", ["use_karras_sigmas", "use_exponential_sigmas", "use_lu_lambdas"])
+def test_log_snr_grids_on_flow_configs(flag):
+    """Karras/exponential/log-SNR grids on a flow model: finite ends, one step in from pure noise and the
+    shifted first training level (diffusers' FlowMatch karras: [1.0, ..., 0.0089, 0] for shift 3)."""
+    sched = UniPCScheduler(prediction_type="flow_prediction", flow_shift=3.0, **{flag: True})
+    sched.set_timesteps(4)
+    assert sched.sigmas[0].item() == pytest.approx(0.999) and sched.sigmas[-1] == 0
+    assert sched.sigmas[-2].item() == pytest.approx(3 * 0.001 / (1 + 2 * 0.001), rel=1e-5)
+    x = run(sched, 4, FLOW_NET)
+    assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize(
+    "sched",
+    [
+        DEISScheduler(prediction_type="flow_prediction"),
+        DPMSolverPPScheduler(prediction_type="flow_prediction", singlestep=True),
+    ],
+    ids=["deis", "dpm-singlestep"],
+)
+def test_noise_prediction_and_singlestep_on_flows_start_one_level_in(sched):
+    sched.set_timesteps(6)
+    assert sched.timesteps[0].item() == pytest.approx(999.0)
+    assert torch.isfinite(run(sched, 6, FLOW_NET)).all()
+    ddim = DDIMSolverScheduler(prediction_type="flow_prediction")
+    ddim.set_timesteps(6)
+    assert ddim.timesteps[0].item() == 1000.0  # data prediction starts at pure noise
+
+
 def test_get_preset_names_are_accepted():
     for name in ("unipc-bh2-3", "dpmsolver++3m", "sde-dpmsolver++2m"):
         assert ExponentialIntegratorScheduler(solver=name).solvers[0].order == get_preset(name).order
