@@ -70,6 +70,8 @@ def phi(k: int, z: float) -> float:
 def _lagrange_weights(nodes: Sequence[float], moments: Sequence[float]) -> np.ndarray:
     """Weights w with sum_j w_j P(r_j) = sum_k c_k M_k for every polynomial P = sum_k c_k r^k of degree
     < len(nodes): solves V^T w = M with the Vandermonde matrix V[j, k] = r_j^k."""
+    if len(nodes) == 1:  # first order: the constant's weight is the zeroth moment
+        return np.asarray(moments[:1], dtype=np.float64)
     r = np.asarray(nodes, dtype=np.float64)
     vander = np.vander(r, N=len(r), increasing=True)
     return np.linalg.solve(vander.T, np.asarray(moments, dtype=np.float64))

@@ -350,7 +350,9 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
             if n == 1:
                 return [schedule.t_max if t_start is None else t_start]
             return make_grid(schedule, n - 1, kind, final="min", **options).t.tolist()
-        return make_grid(schedule, n, kind, final="zero", **options).t[:-1].tolist()
+        # n steps of the kind's grid; its end point is replaced by the final level (zero or sigma_min)
+        final = "min" if self._final_sigmas_type() == "sigma_min" else "zero"
+        return make_grid(schedule, n, kind, final=final, **options).t[:-1].tolist()
 
     def _ddpm_timesteps(self, n: int) -> list[float]:
         """diffusers' integer timesteps for DPMSolverMultistep/DEIS/UniPC (``timestep_spacing``)."""
