@@ -12,7 +12,8 @@ and :mod:`samplers.coefficients` only.
 Conventions (those of diffusers where diffusers has one):
 
 * ``num_inference_steps`` counts model evaluations; ``len(timesteps)`` calls to :meth:`step` make a run.
-  Singlestep solvers take the finest grid whose evaluations fit in it.
+  Singlestep solvers spread their orders over the steps to spend exactly that many (explicit
+  ``timesteps``/``sigmas`` are the steps themselves; each then costs its order in evaluations).
 * ``timesteps`` are what the network receives: continuous DDPM time in [0, num_train_timesteps - 1]
   (not rounded: the solver and the network see the same noise level), or ``1000 * sigma`` for flow models.
 * ``sigmas`` are diffusers' noise levels: sigma/alpha for DDPM schedules, sigma for flow matching, one per
@@ -181,7 +182,8 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
         for key, mapping in self.FOREIGN_VALUES.items():
             if cfg[key] in mapping:  # another scheduler's option, carried over by from_config
                 self.register_to_config(**{key: mapping[cfg[key]]})
-        self.solvers = self._solvers()
+        self._base_solvers = self._solvers()
+        self.solvers = self._base_solvers  # a run may specialise them (singlestep budgets)
         self.init_noise_sigma = 1.0
         self.timesteps: torch.Tensor | None = None
         self.sigmas: torch.Tensor | None = None
@@ -259,6 +261,7 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("pass num_inference_steps, timesteps or sigmas")
         schedule = self.schedule_for(mu)
         if custom is not None:
+            self.solvers = self._base_solvers
             values = np.asarray(custom.cpu() if torch.is_tensor(custom) else custom, dtype=np.float64).ravel()
             levels = (
                 self._times_from_timesteps(values)
@@ -308,12 +311,29 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
         ]
 
     def _grid_for_budget(self, schedule: NoiseSchedule, n: int) -> TimeGrid:
-        """The grid with the most steps whose run costs at most n model evaluations."""
-        for steps in range(n, 0, -1):
-            grid = self._grid_from_levels(schedule, self._default_levels(schedule, steps))
-            if len(self._calls(grid)) <= n:
-                return grid
-        raise ValueError(f"no grid fits in {n} model evaluations")
+        """The grid of a run of exactly n model evaluations."""
+        self.solvers = self._base_solvers
+        base = self._base_solvers[0]
+        if len(self._base_solvers) == 1 and not base.multistep:
+            self.solvers = self._singlestep_orders(base, n)
+            n = len(self.solvers)  # steps
+        return self._grid_from_levels(schedule, self._default_levels(schedule, n))
+
+    def _singlestep_orders(self, base: Solver, n: int) -> list[Solver]:
+        """One singlestep solver per step, orders spread evenly (at most ``base.order``) so that the run
+        costs exactly n evaluations, as diffusers' DPMSolverSinglestep; a step into sigma = 0 is order 1."""
+        to_zero = self._final_sigmas_type() == "zero"
+        budget = n - 1 if to_zero else n
+        orders = []
+        if budget > 0:
+            steps = -(-budget // base.order)
+            q, r = divmod(budget, steps)
+            orders = [q + 1] * r + [q] * (steps - r)
+        orders += [1] if to_zero else []
+        return [
+            replace(base, order=o, lower_order_final=False, stages=base.stages if o == base.order else None)
+            for o in orders
+        ]
 
     def _default_levels(self, schedule: NoiseSchedule, n: int) -> list[float]:
         """n evaluation times (decreasing) chosen by the config."""

@@ -259,6 +259,7 @@ HIGHER_ORDER: dict[str, tuple[type, dict[str, Any]]] = {
     "unipc3": (UniPCScheduler, {"solver_order": 3}),
     "dpmsolver++2m": (DPMSolverPPScheduler, {"solver_order": 2}),
     "deis3": (DEISScheduler, {"solver_order": 3}),  # noise prediction: flow runs start one level in
+    "dpmsolver++3s": (DPMSolverPPScheduler, {"solver_order": 3, "singlestep": True}),  # exactly n calls
 }
 HIGHER_ORDER_CASES = [
     pytest.param(name, key, id=f"{name}-{key}") for name in PIPELINES for key in HIGHER_ORDER

@@ -198,27 +198,47 @@ def test_flow_unipc_parity_on_diffusers_sigmas():
     "preset", ["dpmsolver++3m", "unipc-bh1-3", "deis-tab2", "dpmsolver++2s", "dpmsolver-3", "ddim"]
 )
 def test_scheduler_run_equals_engine_run(preset):
-    """ExponentialIntegratorScheduler runs exactly the engine's ``sample`` on its own grid."""
+    """ExponentialIntegratorScheduler runs exactly the engine on its own grid (singlestep presets with
+    the per-step orders that spend the budget; multistep ones are ``sample`` itself)."""
     sched = ExponentialIntegratorScheduler(solver=preset, time_grid="uniform_lambda", **SD)
     sched.set_timesteps(12)
+    grid = sched.grid
     # the network gets the float64 evaluation times (``timesteps`` are float32, like diffusers')
-    times = [t for t, _, _ in sched.solvers[0].evaluation_points(sched.grid)]
+    times = [t for i in range(grid.steps) for t, _, _ in sched.solver_at(i).step_evaluations(i, grid)]
     np.testing.assert_allclose(sched.timesteps.numpy(), times, rtol=1e-6)
-    assert len(times) <= 12
+    assert len(times) == 12
     ours = X_T.clone()
     for t in times:
         ours = sched.step(EPS_NET(ours, torch.tensor(t, dtype=F64).expand(4)), t, ours).prev_sample
-    engine = sample(Denoiser(EPS_NET), X_T, sched.grid, sched.solvers[0])
-    torch.testing.assert_close(ours, engine, rtol=0, atol=1e-14)
+    state, denoiser = sched.solvers[0].init(X_T, grid), Denoiser(EPS_NET)
+    for i in range(grid.steps):
+        state = sched.solver_at(i).step(denoiser, state, grid)
+    torch.testing.assert_close(ours, state.x, rtol=0, atol=1e-14)
+    if sched.solvers[0].multistep:
+        torch.testing.assert_close(ours, sample(denoiser, X_T, grid, sched.solvers[0]), rtol=0, atol=1e-14)
     torch.testing.assert_close(sched.grid.t, make_grid(SCHEDULE, sched.grid.steps, "uniform_lambda").t)
 
 
-def test_singlestep_budget_counts_model_evaluations():
-    sched = DPMSolverPPScheduler(solver_order=3, singlestep=True, time_grid="uniform_lambda", **SD)
-    for n in (5, 6, 9, 10):
+@pytest.mark.parametrize("final", ["zero", "sigma_min"])
+def test_singlestep_spends_exactly_the_budget(final):
+    """As diffusers' DPMSolverSinglestep: num_inference_steps model evaluations, orders spread evenly."""
+    sched = DPMSolverPPScheduler(solver_order=3, singlestep=True, final_sigmas_type=final, **SD)
+    errors = {}
+    for n in (1, 2, 4, 5, 6, 9, 10, 20):
         sched.set_timesteps(n)
-        assert len(sched.timesteps) <= n
-        assert len(sched.timesteps) == sched.solvers[0].evaluations(sched.grid)
+        assert len(sched.timesteps) == n
+        orders = [s.order for s in sched.solvers]
+        assert sum(orders) == n and max(orders) <= 3 and max(orders) - min(orders[:-1] or [1]) <= 1
+        assert len(orders) == sched.grid.steps
+        if n >= 4:
+            x = run(sched, n)
+            # the same run, step by step in the engine with the per-step solvers
+            state, denoiser = sched.solvers[0].init(X_T, sched.grid), Denoiser(EPS_NET)
+            for i in range(sched.grid.steps):
+                state = sched.solvers[i].step(denoiser, state, sched.grid)
+            torch.testing.assert_close(x, state.x, rtol=0, atol=1e-5)  # network sees float32 timesteps
+            errors[n] = rel_err(x, run(DPMSolverPPScheduler(**SD), 200))
+    assert errors[20] < errors[10] < errors[5]
 
 
 def test_per_step_rules():
