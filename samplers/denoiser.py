@@ -130,17 +130,29 @@ class Denoiser:
         self.nfe += 1
         a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
         s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-        x0, eps = convert_prediction(out, x, a, s, self.prediction_type)
-        if self.threshold is not None:
-            x0 = self.threshold(x0)
-            eps = (x - a * x0) / s
+        x0, eps = convert_prediction(out, x, a, s, self.prediction_type, x0_limit=self.threshold)
         return DenoiserOutput(x0=x0, eps=eps)
 
 
 def convert_prediction(
-    out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, prediction_type: str
+    out: torch.Tensor,
+    x: torch.Tensor,
+    alpha: torch.Tensor | float,
+    sigma: torch.Tensor | float,
+    prediction_type: str,
+    *,
+    x0_limit: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0, eps) from a network output of the given prediction type; see the module docstring."""
+    """(x0, eps) from a network output of the given prediction type; see the module docstring.
+    ``x0_limit`` (thresholding, clipping) is applied to x0 and eps is recomputed from the limited x0."""
+    x0, eps = _parametrisation_to_x0_eps(out, x, alpha, sigma, prediction_type)
+    if x0_limit is not None:
+        x0 = x0_limit(x0)
+        eps = (x - alpha * x0) / sigma
+    return x0, eps
+
+
+def _parametrisation_to_x0_eps(out, x, alpha, sigma, prediction_type) -> tuple[torch.Tensor, torch.Tensor]:
     if prediction_type == "epsilon":
         return (x - sigma * out) / alpha, out
     if prediction_type == "sample":

@@ -31,8 +31,9 @@ class TimeGrid:
     sigma: torch.Tensor
     #: The schedule the grid was built on (needed for intermediate stages and t-basis rules).
     schedule: NoiseSchedule | None = field(default=None, compare=False, repr=False)
-    #: Step coefficients already computed on this grid (they depend on the grid and the rule only).
-    coefficient_cache: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+    #: Values solvers computed for steps on this grid (coefficients, singlestep stage points): they depend
+    #: on the grid points and the rule only, so they are kept for the next run on the same grid.
+    step_cache: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not (self.t.shape == self.alpha.shape == self.sigma.shape) or self.t.ndim != 1:

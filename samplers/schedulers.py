@@ -104,7 +104,7 @@ _PREDICTIONS = {
     "v_prediction": "v_prediction",
     "flow_prediction": "flow",
 }
-_MAX_CACHED_COEFFICIENTS = 20_000
+_MAX_CACHED_STEP_VALUES = 20_000
 _FLOW_CLASS_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift")
 
 
@@ -173,11 +173,7 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
             )
         self.is_flow = bool(cfg.use_flow_sigmas) or cfg.prediction_type == "flow_prediction"
         self.prediction = _PREDICTIONS[cfg.prediction_type]
-        self.threshold = (
-            DynamicThreshold(cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-            if cfg.thresholding
-            else None
-        )
+        self.x0_limit = _x0_limit(cfg)
         self._base_schedule = None if self.is_flow else _ddpm_schedule(cfg)
         for key, mapping in self.FOREIGN_VALUES.items():
             if cfg[key] in mapping:  # another scheduler's option, carried over by from_config
@@ -200,7 +196,6 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
         self._step_index: int | None = None
         self._state: SolverState | None = None
         self._plan: Generator[Evaluation, DenoiserOutput, SolverState] | None = None
-        self._request: Evaluation | None = None
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -260,8 +255,8 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
         if custom is None and num_inference_steps is None:
             raise ValueError("pass num_inference_steps, timesteps or sigmas")
         schedule = self.schedule_for(mu)
+        self.solvers = self._base_solvers  # _grid_for_budget may specialise them for this run
         if custom is not None:
-            self.solvers = self._base_solvers
             values = np.asarray(custom.cpu() if torch.is_tensor(custom) else custom, dtype=np.float64).ravel()
             levels = (
                 self._times_from_timesteps(values)
@@ -284,10 +279,10 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
 
     def _install(self, grid: TimeGrid, device: str | torch.device | None) -> None:
         calls = self._calls(grid)
-        if self.grid is not None and len(self.grid.coefficient_cache) < _MAX_CACHED_COEFFICIENTS:
-            # coefficients depend on (log-SNR, alpha, sigma) values and the config only: a repeated
+        if self.grid is not None and len(self.grid.step_cache) < _MAX_CACHED_STEP_VALUES:
+            # the cached values depend on (log-SNR, alpha, sigma) values and the config only: a repeated
             # set_timesteps (one per generation) finds them all here
-            grid.coefficient_cache.update(self.grid.coefficient_cache)
+            grid.step_cache.update(self.grid.step_cache)
         self.grid, self._call_plan = grid, calls
         _ = grid.lambdas, grid.alpha_values, grid.sigma_values  # host lists now, not inside step()
         times = [t for (_, _, t, _, _) in calls]
@@ -312,7 +307,6 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
 
     def _grid_for_budget(self, schedule: NoiseSchedule, n: int) -> TimeGrid:
         """The grid of a run of exactly n model evaluations."""
-        self.solvers = self._base_solvers
         base = self._base_solvers[0]
         if len(self._base_solvers) == 1 and not base.multistep:
             self.solvers = self._singlestep_orders(base, n)
@@ -462,15 +456,11 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
         grid_step, stage, _, alpha, sigma = self._call_plan[k]
         work = torch.float32 if sample.dtype in (torch.float16, torch.bfloat16) else sample.dtype
         x, raw = sample.to(work), model_output.to(work)
-        x0, eps = convert_prediction(raw, x, alpha, sigma, self.prediction)
-        if self.threshold is not None:
-            x0 = self.threshold(x0)
-            eps = (x - alpha * x0) / sigma
+        x0, eps = convert_prediction(raw, x, alpha, sigma, self.prediction, x0_limit=self.x0_limit)
         if stage == 0:
             self._start_step(grid_step, x, generator, variance_noise)
         try:
-            self._request = self._plan.send(DenoiserOutput(x0=x0, eps=eps))
-            prev = self._request.x
+            prev = self._plan.send(DenoiserOutput(x0=x0, eps=eps)).x  # the next evaluation's sample
         except StopIteration as done:
             self._state, self._plan = done.value, None
             prev = self._state.x

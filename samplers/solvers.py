@@ -162,10 +162,6 @@ class Solver:
             return grid.steps
         return sum(self._order_at(i, grid, self.order) for i in range(grid.steps))
 
-    def evaluation_points(self, grid: TimeGrid) -> list[tuple[float, float, float]]:
-        """(t, alpha, sigma) of every model evaluation of a full run over ``grid``, in order."""
-        return [point for i in range(grid.steps) for point in self.step_evaluations(i, grid)]
-
     def step_evaluations(self, i: int, grid: TimeGrid) -> list[tuple[float, float, float]]:
         """(t, alpha, sigma) of the model evaluations of grid step i: the grid point, then any stages."""
         points = [(float(grid.t[i]), grid.alpha_values[i], grid.sigma_values[i])]
@@ -200,7 +196,7 @@ class Solver:
             self.eta,
             self.basis,
         )
-        cached = grid.coefficient_cache.get(key)
+        cached = grid.step_cache.get(key)
         if cached is None:
             cached = step_coefficients(
                 rule,
@@ -216,7 +212,7 @@ class Solver:
                 basis_of_lambda=_basis_function(self.basis, grid),
                 corrector=corrector,
             )
-            grid.coefficient_cache[key] = cached
+            grid.step_cache[key] = cached
         return cached
 
     def _multistep(self, state, grid, m, noise) -> SolverState:
@@ -256,20 +252,25 @@ class Solver:
         )
 
     def _stage_points(self, i: int, grid: TimeGrid, p: int) -> list[tuple[float, float, float, float]]:
-        """(t, alpha, sigma, lambda) of the intermediate stages of singlestep step i at order p."""
+        """(t, alpha, sigma, lambda) of the intermediate stages of singlestep step i at order p (memoised on
+        the grid: the schedulers list them in set_timesteps and the step uses them again)."""
         if p == 1:
             return []
+        lam_s, lam_t = grid.lambdas[i], grid.lambdas[i + 1]
+        rs = self.stages if (self.stages and p == self.order) else _DEFAULT_R[p]
+        key = ("stages", lam_s, lam_t, rs)  # by value, like the coefficients: valid on any grid
+        if key in grid.step_cache:
+            return grid.step_cache[key]
         if grid.schedule is None:
             raise ValueError(
                 f"{self.name}: singlestep stages need grid.schedule (build the grid with make_grid)"
             )
-        lam_s, lam_t = grid.lambdas[i], grid.lambdas[i + 1]
-        rs = self.stages if (self.stages and p == self.order) else _DEFAULT_R[p]
         points = []
         for r in rs:
             t_k = grid.schedule.t_of_lambda(torch.tensor(lam_s + r * (lam_t - lam_s), dtype=torch.float64))
             a_k, s_k = float(grid.schedule.alpha(t_k)), float(grid.schedule.sigma(t_k))
             points.append((float(t_k), a_k, s_k, math.log(a_k) - math.log(s_k)))
+        grid.step_cache[key] = points
         return points
 
     def _singlestep(self, state, grid, m) -> Generator[Evaluation, DenoiserOutput, SolverState]:

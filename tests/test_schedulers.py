@@ -362,6 +362,15 @@ def test_step_never_reads_tensors_back(sched):
     assert x.device.type == "meta" and x.shape == (4, 8)
 
 
+def test_clip_sample_clamps_every_x0_prediction():
+    """``clip_sample`` (DDPM/DDIM configs) clamps x0 to [-clip_sample_range, clip_sample_range]; a run that
+    ends at sigma = 0 returns the last x0, so it lies in that range. (diffusers' DDIM keeps the raw eps
+    beside the clipped x0; ours re-derives eps from the clipped x0, as thresholding does.)"""
+    clipped = run(DDIMSolverScheduler(clip_sample=True, clip_sample_range=0.8, **SD), 10)
+    free = run(DDIMSolverScheduler(**SD), 10)
+    assert clipped.abs().max() <= 0.8 + 1e-12 < free.abs().max()
+
+
 def test_half_precision_inputs_are_stepped_in_float32():
     sched = DPMSolverPPScheduler(**SD)
     sched.set_timesteps(5)

@@ -464,38 +464,26 @@ PIPELINES: dict[str, Callable[[], Any]] = {
 PROMPT = "a photo of a cute cat"
 
 #: Call kwargs (besides ``num_inference_steps`` and ``generator``) exercising classifier-free guidance.
+_IMAGE = dict(prompt=PROMPT, height=32, width=32, output_type="np")
 CALL_KWARGS: dict[str, dict[str, Any]] = {
-    "sd": dict(prompt=PROMPT, height=32, width=32, guidance_scale=5.0, output_type="np"),
-    "sdxl": dict(prompt=PROMPT, height=32, width=32, guidance_scale=5.0, output_type="np"),
-    "sd3": dict(
-        prompt=PROMPT,
-        height=32,
-        width=32,
-        guidance_scale=5.0,
-        max_sequence_length=T5_MAX_LENGTH,
-        output_type="np",
-    ),
+    "sd": dict(_IMAGE, guidance_scale=5.0),
+    "sdxl": dict(_IMAGE, guidance_scale=5.0),
+    "sd3": dict(_IMAGE, guidance_scale=5.0, max_sequence_length=T5_MAX_LENGTH),
     # Flux-dev is guidance-distilled: guidance_scale feeds the guidance embedding; true CFG needs
     # true_cfg_scale > 1 *and* a negative prompt.
     "flux": dict(
-        prompt=PROMPT,
+        _IMAGE,
         negative_prompt="blurry",
-        height=32,
-        width=32,
         guidance_scale=3.5,
         true_cfg_scale=4.0,
         max_sequence_length=T5_MAX_LENGTH,
-        output_type="np",
     ),
     "wan": dict(
-        prompt=PROMPT,
+        _IMAGE,
         negative_prompt="blurry",
-        height=32,
-        width=32,
         num_frames=5,
         guidance_scale=5.0,
         max_sequence_length=T5_MAX_LENGTH,
-        output_type="np",
     ),
 }
 
