@@ -3,6 +3,9 @@
 ``dsample demo`` compares solvers at a fixed number of model evaluations on the analytic Gaussian-mixture
 model, against its exact probability-flow ODE solution. It runs offline in seconds.
 ``dsample solvers`` lists the solver presets.
+``dsample generate`` writes images from prompts (the bundled digits model by default, or any diffusers
+text-to-image model): deterministic per image, resumable, and split across processes under
+``accelerate launch``; see :mod:`pipelines.generate`.
 """
 
 from __future__ import annotations
@@ -79,10 +82,77 @@ def _solvers(_: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dsample", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (``dsample: error: ...``) with exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"dsample: error: {message}\n")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .generate import GenerateOptions, generate
+    from .prompts import UsageError
+
+    options = GenerateOptions(
+        **{k: v for k, v in vars(args).items() if k in GenerateOptions.__dataclass_fields__}
     )
+    try:
+        result = generate(options)
+    except UsageError as err:
+        print(f"dsample: error: {err}", file=sys.stderr)
+        return 2
+    if result["is_main"]:
+        rate = result["images"] / result["seconds"] if result["seconds"] > 0 else 0.0
+        print(
+            f"dsample: {result['images']} images in {result['seconds']:.1f} s ({rate:.2f} images/s), "
+            f"{result['skipped']} already done; images in {result['out']}/images, "
+            f"grids in {result['out']}/grids"
+        )
+    return 0
+
+
+def _add_generate(sub) -> None:
+    from .sampler_names import DEFAULT_SAMPLER
+
+    gen = sub.add_parser(
+        "generate",
+        help="generate images from prompts (bundled digits model by default)",
+        description="Generate images. The bundled digits model takes prompts '0'-'9' or 'zero'-'nine' "
+        "(all ten if none are given); --model takes any diffusers text-to-image id or directory.",
+    )
+    gen.add_argument("--prompt", dest="prompts", action="append", help="a prompt (repeatable)")
+    gen.add_argument(
+        "--prompts",
+        dest="prompt_file",
+        metavar="FILE",
+        help="prompt file: .txt one per line, "
+        "or .jsonl with per-line overrides (steps, guidance, seed, num_images, sampler, ...)",
+    )
+    gen.add_argument("--model", default="digits", help="'digits' (bundled, default), a hub id or a directory")
+    gen.add_argument(
+        "--sampler",
+        default=DEFAULT_SAMPLER,
+        help=f"e.g. 'DPM++ 2M Karras', dpmpp_2m, uni_pc_bh2, DEIS, DDIM, Euler, or a preset "
+        f"from `dsample solvers` (default {DEFAULT_SAMPLER!r})",
+    )
+    gen.add_argument("--steps", type=int, default=20, help="model evaluations per image (default 20)")
+    gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
+    gen.add_argument("--batch-size", type=int, default=None, help="images per model call")
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument(
+        "--device", default=None, help="cpu, cuda, ... (default: cpu for digits, else cuda if present)"
+    )
+    gen.add_argument("--out", default="outputs", help="output directory (default ./outputs)")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=_generate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dsample", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="compare solvers on the analytic Gaussian mixture (offline)")
     demo.add_argument("--nfe", type=int, default=10, help="model evaluations per solver (default 10)")
@@ -98,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
     sub.add_parser("solvers", help="list solver presets").set_defaults(func=_solvers)
+    _add_generate(sub)
     return parser
 
 

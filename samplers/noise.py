@@ -24,17 +24,27 @@ class NoiseSource(Protocol):
 class GeneratorNoise:
     """i.i.d. N(0, I) per step from ``generator`` (a seed gives a fresh CPU generator).
 
-    Noise is drawn in float32 and cast, so a seed gives the same samples whatever the sample dtype."""
+    A list of generators, one per batch row (as diffusers pipelines accept), draws each row from its own
+    generator, so a row's noise does not depend on the batch it is in. Noise is drawn in float32 and cast,
+    so a seed gives the same samples whatever the sample dtype."""
 
-    def __init__(self, generator: torch.Generator | int | None = None):
+    def __init__(self, generator: torch.Generator | int | list[torch.Generator] | None = None):
         if isinstance(generator, int):
             generator = torch.Generator().manual_seed(generator)
         self.generator = generator
 
     def __call__(self, like: torch.Tensor, lambda_s: float, lambda_t: float) -> torch.Tensor:
-        device = self.generator.device if self.generator is not None else like.device
-        z = torch.randn(like.shape, generator=self.generator, dtype=torch.float32, device=device)
-        return z.to(device=like.device, dtype=like.dtype)
+        if isinstance(self.generator, (list, tuple)):
+            if len(self.generator) != like.shape[0]:
+                raise ValueError(f"{len(self.generator)} generators for a batch of {like.shape[0]}")
+            rows = [_randn_from(g, like.shape[1:], like) for g in self.generator]
+            return torch.stack(rows).to(device=like.device, dtype=like.dtype)
+        return _randn_from(self.generator, like.shape, like).to(device=like.device, dtype=like.dtype)
+
+
+def _randn_from(generator: torch.Generator | None, shape, like: torch.Tensor) -> torch.Tensor:
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
 
 
 def _mix(seed: int, node: int) -> int:

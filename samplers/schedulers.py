@@ -437,14 +437,15 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
         model_output: torch.Tensor,
         timestep: Any,
         sample: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor]:
         """Take the model output at ``timesteps[step_index]`` and return the sample for the next timestep.
 
         ``timestep`` is not read (that would synchronise with the device): the index advances by one per
-        call. ``generator``/``variance_noise`` feed stochastic (SDE) solvers; noise is drawn per step.
+        call. ``generator`` (one, or a list with one per row) or ``variance_noise`` feeds stochastic (SDE)
+        solvers.
         """
         if self.grid is None:
             raise ValueError("call set_timesteps before step")

@@ -1,0 +1,172 @@
+"""The bundled class-conditional digits model: a diffusers pipeline over a tiny pixel-space UNet.
+
+Trained by ``scripts/train_digits.py`` on scikit-learn's 8x8 handwritten digits; shipped in
+``pipelines/assets/digits`` so the CLI runs offline. The UNet takes ``class_labels`` 0-9, and 10 is the
+null class used for classifier-free guidance (Ho & Salimans 2022, eq. 6:
+``eps = eps_uncond + w (eps_cond - eps_uncond)``).
+
+The UNet is called on a fixed number of rows at a time (:func:`fixed_size_calls`), so a sample's pixels do
+not depend on which other samples share its batch: a seed gives byte-identical images for every batch
+size and process count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from PIL import Image
+
+__all__ = [
+    "ASSETS",
+    "DIGITS_MODEL",
+    "DIGITS_CLASSIFIER",
+    "NULL_CLASS",
+    "DigitsPipeline",
+    "parse_digit",
+    "fixed_size_calls",
+    "to_uint8",
+]
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DIGITS_MODEL = ASSETS / "digits"
+DIGITS_CLASSIFIER = ASSETS / "digits-classifier"
+NULL_CLASS = 10
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def parse_digit(prompt: str | int) -> int:
+    """The class a prompt names: ``7``, ``"7"``, ``"seven"`` or ``"Seven"`` -> 7."""
+    if isinstance(prompt, int) and not isinstance(prompt, bool) and 0 <= prompt <= 9:
+        return prompt
+    text = str(prompt).strip().lower()
+    if text.isdigit() and len(text) == 1:
+        return int(text)
+    if text in DIGIT_NAMES:
+        return DIGIT_NAMES.index(text)
+    raise ValueError(
+        f"the digits model draws 0-9: prompt {prompt!r} is not a digit ('7') or its name ('seven')"
+    )
+
+
+def fixed_size_calls(model, x: torch.Tensor, size: int, **kwargs) -> torch.Tensor:
+    """``model(x, **kwargs).sample`` computed in calls of exactly ``size`` rows (the last padded with row 0).
+
+    CPU kernels (oneDNN convolutions, BLAS matmuls) pick their algorithm, and so their rounding, by batch
+    size; for a fixed size the result of a row does not depend on its position or on the other rows (tested
+    in ``tests/test_generate.py``). Every sample is thus computed identically whatever batch it is in.
+    Tensor keyword arguments with a batch dimension are split and padded along with ``x``."""
+    n = x.shape[0]
+    pad = (-n) % size
+
+    def padded(v):
+        if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == n:
+            return torch.cat([v, v[:1].expand(pad, *v.shape[1:])]) if pad else v
+        return v
+
+    xs, kw = padded(x), {k: padded(v) for k, v in kwargs.items()}
+    batched = {k for k, v in kw.items() if isinstance(v, torch.Tensor) and v.ndim > 0}
+    outs = []
+    for i in range(0, n + pad, size):
+        part = {k: v[i : i + size] if k in batched else v for k, v in kw.items()}
+        outs.append(model(xs[i : i + size], **part).sample)
+    return torch.cat(outs)[:n]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] images (B, C, H, W) -> uint8 (B, H, W, C), rounding to the nearest level."""
+    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class DigitsPipeline(DiffusionPipeline):
+    """Class-conditional digit generation with classifier-free guidance.
+
+    ``pipe(["7", "seven", 3], num_inference_steps=20, guidance_scale=2.0, generator=[g0, g1, g2])``.
+    Any diffusers-API scheduler works (``pipe.scheduler = DPMSolverPPScheduler.from_config(...)``). A list
+    of generators, one per image, makes each image's noise independent of the batch it is drawn in.
+    """
+
+    model_cpu_offload_seq = "unet"
+    #: rows per UNet call (padded): 128 = 64 images with their CFG twins, the CLI's default batch, in one
+    #: call (smaller calls cost ~17 ms of fixed overhead each on CPU). ``None`` calls the UNet once on the
+    #: whole batch (faster for small batches, but then a sample's rounding depends on the batch size).
+    call_size: int | None = 128
+
+    def __init__(self, unet: UNet2DModel, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    def _eval_unet(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.call_size is None:
+            return self.unet(x, t, class_labels=labels).sample
+        return fixed_size_calls(self.unet, x, self.call_size, timestep=t, class_labels=labels)
+
+    def _initial_noise(self, batch: int, generator, device, dtype) -> torch.Tensor:
+        size = self.unet.config.sample_size
+        shape = (self.unet.config.in_channels, size, size)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != batch:
+                raise ValueError(f"{len(generator)} generators for {batch} images")
+            noise = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generator])
+        else:
+            dev = generator.device if generator is not None else device
+            noise = torch.randn((batch, *shape), generator=generator, device=dev)
+        return noise.to(device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | int | list[str | int],
+        num_inference_steps: int = 20,
+        guidance_scale: float = 2.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Draw one image per prompt; ``output_type`` is ``"pil"``, ``"np"`` (uint8) or ``"pt"`` ([-1, 1])."""
+        prompts = prompt if isinstance(prompt, (list, tuple)) else [prompt]
+        labels = torch.tensor([parse_digit(p) for p in prompts], device=self.device)
+        batch = len(prompts)
+        dtype = self.unet.dtype
+        x = latents.to(self.device, dtype) if latents is not None else None
+        if x is None:
+            x = self._initial_noise(batch, generator, self.device, dtype)
+        x = x * self.scheduler.init_noise_sigma
+        guided = guidance_scale != 1.0
+        cond = torch.cat([labels, torch.full_like(labels, NULL_CLASS)]) if guided else labels
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_in = self.scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+            out = self._eval_unet(model_in, t.expand(model_in.shape[0]), cond)
+            if guided:
+                out_cond, out_uncond = out.chunk(2)
+                out = out_uncond + guidance_scale * (out_cond - out_uncond)
+            x = self.scheduler.step(out, t, x, generator=generator).prev_sample
+        if output_type == "pt":
+            images = x
+        else:
+            images = to_uint8(x)
+            if output_type == "pil":
+                images = [Image.fromarray(im[..., 0]) for im in images]
+            elif output_type != "np":
+                raise ValueError(f"output_type must be 'pil', 'np' or 'pt', not {output_type!r}")
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+
+def build_digits_unet() -> UNet2DModel:
+    """The architecture the bundled model is trained with (8x8 pixels, three resolutions)."""
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D",) * 3,
+        up_block_types=("UpBlock2D",) * 3,
+        num_class_embeds=NULL_CLASS + 1,
+        norm_num_groups=8,
+    )

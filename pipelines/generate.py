@@ -1,0 +1,382 @@
+"""``dsample generate``: deterministic, resumable, multi-process batch image generation.
+
+* Each image's noise comes from its own generator seeded by (seed, prompt index, sample index)
+  (:func:`image_seed`), and the bundled model runs batch-invariant kernels on CPU, so an image's pixels do
+  not depend on the batch size or on how many processes share the work.
+* Outputs are crash-safe (:mod:`pipelines.outputs`): a rerun of the same command skips finished images
+  and redoes the rest; a killed run loses nothing already listed in ``manifest.jsonl``.
+* Under ``accelerate launch --num_processes N`` (or ``torchrun``) prompts are dealt round-robin to the
+  processes: prompt ``i`` belongs to rank ``i mod N``, so there are no duplicates or gaps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .outputs import (
+    Manifest,
+    a1111_parameters,
+    atomic_write_bytes,
+    image_grid,
+    png_bytes,
+    read_manifest,
+    remove_stale_temporaries,
+)
+from .prompts import PromptSpec, UsageError, check_settings, load_prompts
+from .sampler_names import DEFAULT_SAMPLER, SamplerSpec, resolve_sampler
+
+__all__ = ["GenerateOptions", "ImageJob", "generate", "image_seed", "plan_jobs", "load_model"]
+
+BUNDLED_DIGITS = "digits"
+
+
+def image_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """A 63-bit generator seed for one image, a hash of (seed, prompt index, sample index)."""
+    digest = hashlib.sha256(f"dsample/{seed}/{prompt_index}/{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    prompts: list[str] | None = None
+    prompt_file: str | None = None
+    model: str = BUNDLED_DIGITS
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = 20
+    guidance: float | None = None
+    seed: int = 0
+    num_images: int = 1
+    batch_size: int | None = None
+    negative_prompt: str | None = None
+    width: int | None = None
+    height: int | None = None
+    out: str = "outputs"
+    device: str | None = None
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    prompt_index: int
+    sample_index: int
+    prompt: str
+    settings: dict[str, Any]  # steps, guidance, seed, sampler, negative_prompt, width, height
+    sampler: SamplerSpec
+
+    @property
+    def seed(self) -> int:
+        return image_seed(self.settings["seed"], self.prompt_index, self.sample_index)
+
+    @property
+    def relpath(self) -> str:
+        return f"images/{self.prompt_index}_{self.sample_index}.png"
+
+    def batch_key(self) -> str:
+        """Jobs with equal keys can share one pipeline call (prompts and seeds may differ)."""
+        shared = {k: v for k, v in self.settings.items() if k not in ("seed", "negative_prompt")}
+        return json.dumps(shared, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------- models
+class DigitsModel:
+    """The bundled class-conditional digits pipeline (8x8 grey images); prompts are digits or their names."""
+
+    name = "dsample-digits"
+    default_guidance = 2.0  # the lowest guidance at which every generated digit is recognised
+    default_batch_size = 64
+
+    def __init__(self, path: str | Path | None, device: str | None):
+        from .digits import DIGITS_MODEL, DigitsPipeline
+
+        self.pipe = DigitsPipeline.from_pretrained(path or DIGITS_MODEL).to(device or "cpu")
+        self.pipe.set_progress_bar_config(disable=True)
+        self.base_config = dict(self.pipe.scheduler.config)
+        self.size = self.pipe.unet.config.sample_size
+
+    def check_prompt(self, prompt: str) -> None:
+        from .digits import parse_digit
+
+        parse_digit(prompt)
+
+    def check_settings(self, settings: dict[str, Any]) -> None:
+        for key in ("width", "height"):
+            if settings.get(key) not in (None, self.size):
+                raise ValueError(
+                    f"the digits model draws {self.size}x{self.size} images; {key} cannot be changed"
+                )
+
+    def generate(
+        self, jobs: list[ImageJob], scheduler, generators: list[torch.Generator]
+    ) -> list[Image.Image]:
+        s = jobs[0].settings
+        self.pipe.scheduler = scheduler
+        return self.pipe(
+            [j.prompt for j in jobs],
+            num_inference_steps=s["steps"],
+            guidance_scale=s["guidance"],
+            generator=generators,
+        ).images
+
+
+class DiffusersModel:
+    """Any diffusers text-to-image pipeline, by hub id or local directory."""
+
+    default_guidance = None  # the pipeline's own default
+    default_batch_size = 1
+
+    def __init__(self, model: str, device: str | None):
+        from diffusers import DiffusionPipeline
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        self.pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.base_config = dict(self.pipe.scheduler.config)
+        self.name = Path(model).name if Path(model).exists() else model
+
+    def check_prompt(self, prompt: str) -> None:
+        return None
+
+    def check_settings(self, settings: dict[str, Any]) -> None:
+        return None
+
+    def generate(
+        self, jobs: list[ImageJob], scheduler, generators: list[torch.Generator]
+    ) -> list[Image.Image]:
+        s = jobs[0].settings
+        self.pipe.scheduler = scheduler
+        kwargs: dict[str, Any] = {
+            "num_inference_steps": s["steps"],
+            "generator": generators,
+            "output_type": "pil",
+        }
+        if s["guidance"] is not None:
+            kwargs["guidance_scale"] = s["guidance"]
+        if any(j.settings["negative_prompt"] for j in jobs):
+            kwargs["negative_prompt"] = [j.settings["negative_prompt"] or "" for j in jobs]
+        for key in ("width", "height"):
+            if s[key] is not None:
+                kwargs[key] = s[key]
+        return self.pipe([j.prompt for j in jobs], **kwargs).images
+
+
+def load_model(model: str, device: str | None) -> DigitsModel | DiffusersModel:
+    """The bundled digits model (``"digits"`` or a saved ``DigitsPipeline`` directory) or a diffusers one."""
+    try:
+        index = Path(model) / "model_index.json"
+        if model == BUNDLED_DIGITS:
+            return DigitsModel(None, device)
+        if index.is_file() and json.loads(index.read_text()).get("_class_name") == "DigitsPipeline":
+            return DigitsModel(model, device)
+        return DiffusersModel(model, device)
+    except (OSError, ValueError, RuntimeError, ImportError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot load model {model!r}: {message}") from None
+
+
+# ---------------------------------------------------------------------------------------------- planning
+def plan_jobs(specs: list[PromptSpec], opts: GenerateOptions, model) -> list[ImageJob]:
+    """Every image of the run, in (prompt, sample) order, with its settings; ``UsageError`` on bad input."""
+    base = check_settings(
+        {
+            "steps": opts.steps,
+            "guidance": opts.guidance,
+            "seed": opts.seed,
+            "num_images": opts.num_images,
+            "sampler": opts.sampler,
+            "negative_prompt": opts.negative_prompt,
+            "width": opts.width,
+            "height": opts.height,
+        },
+        "command line",
+    )
+    samplers: dict[str, SamplerSpec] = {}
+    jobs = []
+    for p, spec in enumerate(specs):
+        merged = {**base, **spec.overrides}
+        where = f"prompt {p} ({spec.text!r})"
+        name = merged.get("sampler", DEFAULT_SAMPLER)
+        try:
+            sampler = samplers[name] = samplers.get(name) or resolve_sampler(name)
+            model.check_prompt(spec.text)
+            model.check_settings(merged)
+        except ValueError as err:
+            raise UsageError(f"{where}: {err}" if spec.overrides or p else str(err)) from None
+        guidance = merged.get("guidance", model.default_guidance)
+        settings = {
+            "steps": merged["steps"],
+            "guidance": guidance,
+            "seed": merged["seed"],
+            "sampler": sampler.label,
+            "negative_prompt": merged.get("negative_prompt"),
+            "width": merged.get("width"),
+            "height": merged.get("height"),
+        }
+        for s in range(merged["num_images"]):
+            jobs.append(ImageJob(p, s, spec.text, settings, sampler))
+    return jobs
+
+
+def _batches(jobs: list[ImageJob], size: int) -> Iterator[list[ImageJob]]:
+    batch: list[ImageJob] = []
+    for job in jobs:
+        if batch and (len(batch) == size or job.batch_key() != batch[0].batch_key()):
+            yield batch
+            batch = []
+        batch.append(job)
+    if batch:
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------------- processes
+class _Processes:
+    """Rank, size and barriers: accelerate's PartialState when launched with several processes."""
+
+    def __init__(self):
+        self.state = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
+
+            self.state = PartialState(cpu=not torch.cuda.is_available())
+        self.rank = self.state.process_index if self.state else 0
+        self.size = self.state.num_processes if self.state else 1
+        self.is_main = self.rank == 0
+
+    def barrier(self) -> None:
+        if self.state:
+            self.state.wait_for_everyone()
+
+    def gather(self, value: float) -> list[float]:
+        """``value`` from every process (all processes must call this)."""
+        if not self.state:
+            return [value]
+        from accelerate.utils import gather_object
+
+        return gather_object([value])
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def _check_existing(jobs: list[ImageJob], done: dict[tuple[int, int], dict], root: Path) -> None:
+    for job in jobs:
+        record = done.get((job.prompt_index, job.sample_index))
+        if record and (record.get("prompt") != job.prompt or record.get("settings") != job.settings):
+            raise UsageError(
+                f"{root / job.relpath} was made with other settings or prompt; use a new --out "
+                "(or delete the directory) to generate with these"
+            )
+
+
+def _write_image(root: Path, job: ImageJob, image: Image.Image, model_name: str, manifest: Manifest) -> None:
+    extra = {
+        "sampler_label": job.sampler.a1111_name,
+        "schedule_type": job.sampler.schedule_type,
+        "image_seed": job.seed,
+        "width": image.width,
+        "height": image.height,
+        "model": model_name,
+    }
+    record = {
+        "image": job.relpath,
+        "prompt_index": job.prompt_index,
+        "sample_index": job.sample_index,
+        "prompt": job.prompt,
+        "settings": job.settings,
+        "image_seed": job.seed,
+        "model": model_name,
+        "width": image.width,
+        "height": image.height,
+    }
+    text = {"parameters": a1111_parameters(job.prompt, job.settings, extra), "dsample": json.dumps(record)}
+    atomic_write_bytes(root / job.relpath, png_bytes(image, text))
+    manifest.append(record)
+
+
+def _write_grid(root: Path, prompt_index: int, count: int) -> None:
+    images = [Image.open(root / f"images/{prompt_index}_{s}.png") for s in range(count)]
+    grid = image_grid([im.convert(images[0].mode) for im in images])
+    atomic_write_bytes(root / f"grids/{prompt_index}.png", png_bytes(grid, {}))
+
+
+def generate(opts: GenerateOptions) -> dict[str, Any]:
+    """Run a batch generation; returns counts and timing. ``UsageError`` before anything is written."""
+    procs = _Processes()
+    if opts.quiet:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+    specs = _prompt_specs(opts)
+    model = load_model(opts.model, opts.device)
+    jobs = plan_jobs(specs, opts, model)
+    batch_size = model.default_batch_size if opts.batch_size is None else opts.batch_size
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    root = Path(opts.out)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--out {str(root)!r} exists and is not a directory")
+    manifest_path = root / "manifest.jsonl"
+    _check_existing(jobs, read_manifest(manifest_path, root, repair=False), root)
+
+    if procs.is_main:  # one process tidies up after a killed run before anyone reads the manifest
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "grids").mkdir(exist_ok=True)
+        remove_stale_temporaries(root / "images")
+        remove_stale_temporaries(root / "grids")
+        read_manifest(manifest_path, root, repair=True)
+    procs.barrier()
+    done = read_manifest(manifest_path, root, repair=False)
+
+    mine = [j for j in jobs if j.prompt_index % procs.size == procs.rank]
+    todo = [j for j in mine if (j.prompt_index, j.sample_index) not in done]
+    per_prompt: dict[int, int] = {}
+    for job in mine:
+        per_prompt[job.prompt_index] = per_prompt.get(job.prompt_index, 0) + 1
+    remaining = {p: 0 for p in per_prompt}
+    for job in todo:
+        remaining[job.prompt_index] += 1
+
+    manifest = Manifest(manifest_path)
+    schedulers: dict[str, Any] = {}
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="img", disable=opts.quiet or not procs.is_main, desc="generate")
+    for p, left in remaining.items():  # prompts finished by an earlier run may still lack a grid
+        if left == 0 and not (root / f"grids/{p}.png").exists():
+            _write_grid(root, p, per_prompt[p])
+    for batch in _batches(todo, batch_size):
+        spec = batch[0].sampler
+        if spec.label not in schedulers:
+            schedulers[spec.label] = spec.make_scheduler(model.base_config)
+        generators = [torch.Generator().manual_seed(job.seed) for job in batch]
+        images = model.generate(batch, schedulers[spec.label], generators)
+        for job, image in zip(batch, images):
+            _write_image(root, job, image, model.name, manifest)
+            remaining[job.prompt_index] -= 1
+            if remaining[job.prompt_index] == 0:
+                _write_grid(root, job.prompt_index, per_prompt[job.prompt_index])
+        bar.update(len(batch))
+    bar.close()
+    seconds = max(procs.gather(time.perf_counter() - start))  # the slowest process sets the pace
+    made = int(sum(procs.gather(len(todo))))
+    return {
+        "images": made,
+        "skipped": len(jobs) - made,
+        "seconds": seconds,
+        "out": str(root),
+        "is_main": procs.is_main,
+    }
+
+
+def _prompt_specs(opts: GenerateOptions) -> list[PromptSpec]:
+    if not opts.prompts and opts.prompt_file is None and opts.model == BUNDLED_DIGITS:
+        return [PromptSpec(str(d)) for d in range(10)]  # the bundled model's default: every digit
+    return load_prompts(opts.prompts, opts.prompt_file)

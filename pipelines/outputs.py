@@ -1,0 +1,135 @@
+"""Crash-safe outputs of a batch run: PNGs with their parameters, a manifest, and per-prompt grids.
+
+* Every file is written to a temporary name in its final directory and moved into place with
+  ``os.replace`` (atomic on POSIX), so a killed run never leaves a half-written image under a final name.
+* ``manifest.jsonl`` gets one line per image, appended with a single ``write`` on an ``O_APPEND``
+  descriptor *after* the image is in place; concurrent processes can append to it safely.
+* :func:`read_manifest` drops a torn last line and entries whose file is gone, so a rerun redoes exactly
+  the images that were not finished.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+__all__ = [
+    "atomic_write_bytes",
+    "png_bytes",
+    "a1111_parameters",
+    "Manifest",
+    "read_manifest",
+    "image_grid",
+    "remove_stale_temporaries",
+]
+
+TMP_MARK = ".tmp-"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary sibling and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def remove_stale_temporaries(directory: Path) -> int:
+    """Delete temporaries left by killed runs; returns how many."""
+    stale = [p for p in directory.glob(f".*{TMP_MARK}*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def png_bytes(image: Image.Image, text: dict[str, str]) -> bytes:
+    """PNG-encode ``image`` with ``text`` as PNG text chunks (UTF-8 iTXt where needed)."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in text.items():
+        if value.isascii():
+            info.add_text(key, value)
+        else:
+            info.add_itxt(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def a1111_parameters(prompt: str, settings: dict[str, Any], extra: dict[str, Any]) -> str:
+    """The ``parameters`` text AUTOMATIC1111's web UI writes (and its "PNG Info" tab reads)."""
+    lines = [prompt]
+    if settings.get("negative_prompt"):
+        lines.append(f"Negative prompt: {settings['negative_prompt']}")
+    fields = {"Steps": settings["steps"], "Sampler": extra["sampler_label"]}
+    if extra.get("schedule_type"):
+        fields["Schedule type"] = extra["schedule_type"]
+    if settings.get("guidance") is not None:
+        fields["CFG scale"] = f"{settings['guidance']:g}"
+    fields["Seed"] = extra["image_seed"]
+    fields["Size"] = f"{extra['width']}x{extra['height']}"
+    fields["Model"] = extra["model"]
+    fields["Version"] = "dsample"
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields.items()))
+    return "\n".join(lines)
+
+
+class Manifest:
+    """Append-only ``manifest.jsonl``: one JSON object per finished image."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+def read_manifest(path: Path, root: Path, repair: bool) -> dict[tuple[int, int], dict]:
+    """Finished images by (prompt index, sample index), from ``path``.
+
+    Torn or invalid lines, duplicates and entries whose image file is missing are dropped; with ``repair``
+    the manifest is rewritten (atomically) without them, so every image is listed exactly once."""
+    if not path.exists():
+        return {}
+    entries: dict[tuple[int, int], dict] = {}
+    raw_lines = path.read_bytes().split(b"\n")
+    kept_lines = 0
+    for raw in raw_lines:
+        try:
+            record = json.loads(raw)
+            key = (int(record["prompt_index"]), int(record["sample_index"]))
+            file_ok = (root / record["image"]).is_file()
+        except (ValueError, KeyError, TypeError):
+            continue
+        if file_ok and key not in entries:
+            entries[key] = record
+            kept_lines += 1
+    valid_count = sum(1 for raw in raw_lines if raw.strip())
+    if repair and kept_lines != valid_count:
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in entries.values())
+        atomic_write_bytes(path, text.encode())
+    return entries
+
+
+def image_grid(images: list[Image.Image], min_tile: int = 64) -> Image.Image:
+    """Tile images in a near-square grid; tiles smaller than ``min_tile`` pixels are enlarged (nearest)."""
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    w, h = images[0].size
+    scale = max(1, math.ceil(min_tile / max(min(w, h), 1)))
+    tw, th = w * scale, h * scale
+    grid = Image.new(images[0].mode, (columns * tw, rows * th))
+    for i, im in enumerate(images):
+        tile = im.resize((tw, th), Image.NEAREST) if scale > 1 else im
+        grid.paste(tile, ((i % columns) * tw, (i // columns) * th))
+    return grid
