@@ -40,7 +40,9 @@ class SamplerSpec:
     def a1111_name(self) -> str:
         """The sampler as A1111 (1.9+) writes it, with the schedule type in its own field."""
         suffix = f" {self.schedule_type}"
-        return self.label[: -len(suffix)] if self.schedule_type and self.label.endswith(suffix) else self.label
+        if self.schedule_type and self.label.endswith(suffix):
+            return self.label[: -len(suffix)]
+        return self.label
 
     def make_scheduler(self, base_config: dict):
         """A scheduler of this sampler built from a pipeline's own scheduler config."""

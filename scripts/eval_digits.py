@@ -22,7 +22,7 @@ from train_digits import load_digit_splits  # noqa: E402
 from pipelines.digits import DIGITS_CLASSIFIER, DIGITS_MODEL, DigitsPipeline  # noqa: E402
 from pipelines.generate import DigitsModel, image_seed  # noqa: E402
 from pipelines.sampler_names import resolve_sampler  # noqa: E402
-from rewards.digit_classifier import DigitClassifier  # noqa: E402
+from rewards import DigitClassifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "benchmarks" / "digits.md"

@@ -72,6 +72,28 @@ def test_fixed_size_calls_make_a_row_independent_of_its_batch():
         assert torch.equal(out, outputs[0])
 
 
+def test_digits_pipeline_with_diffusers_dpmsolver_matches_ours():
+    """The pipeline takes any diffusers scheduler; diffusers' DPM-Solver++ 2M with thresholding at 1 (a clamp
+    of x0 to [-1, 1]) and ours with the config's clip_sample give the same samples."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from samplers import DPMSolverPPScheduler
+
+    pipe = DigitsPipeline.from_pretrained(DIGITS_MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    config = pipe.scheduler.config
+    outputs = []
+    for scheduler in (
+        DPMSolverMultistepScheduler.from_config(config, thresholding=True, sample_max_value=1.0),
+        DPMSolverPPScheduler.from_config(config),
+    ):
+        pipe.scheduler = scheduler
+        gens = [torch.Generator().manual_seed(i) for i in range(6)]
+        outputs.append(pipe(["0", "1", "2", "3", "4", "5"], 10, 2.0, generator=gens, output_type="pt").images)
+    assert outputs[0].abs().max() <= 1.0 + 1e-6
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------ outputs
 def test_outputs_metadata_manifest_and_grid(tmp_path, capsys):
     out = tmp_path / "run"
@@ -363,8 +385,13 @@ def test_generated_digits_are_recognisable():
 
     from pipelines.generate import DigitsModel
 
+    from train_digits import load_digit_splits
+
     pipe, classifier = load_models()
     real, _ = real_accuracy(classifier)
+    data = load_digit_splits()
+    log_p = classifier.log_prob(data["x_test"], data["y_test"])  # the digits reward
+    assert log_p.shape == (360,) and (log_p <= 0).all() and log_p.exp().mean() > 0.9
     generated, per_class = generated_accuracy(pipe, classifier, DigitsModel.default_guidance, per_class=20)
     assert real > 0.9
     assert generated >= 0.9 * real, (generated, per_class)
