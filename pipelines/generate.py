@@ -302,8 +302,14 @@ def _write_image(root: Path, job: ImageJob, image: Image.Image, model_name: str,
     manifest.append(record)
 
 
+def _load_image(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return image.copy()
+
+
 def _write_grid(root: Path, prompt_index: int, count: int) -> None:
-    images = [Image.open(root / f"images/{prompt_index}_{s}.png") for s in range(count)]
+    images = [_load_image(root / f"images/{prompt_index}_{s}.png") for s in range(count)]
     grid = image_grid([im.convert(images[0].mode) for im in images])
     atomic_write_bytes(root / f"grids/{prompt_index}.png", png_bytes(grid, {}))
 

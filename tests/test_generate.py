@@ -382,10 +382,9 @@ def test_generated_digits_are_recognisable():
     """Acceptance: classifier accuracy on generated digits >= 90% of its accuracy on real held-out digits
     (DPM-Solver++ 2M, 20 NFE, the CLI's default guidance)."""
     from eval_digits import generated_accuracy, load_models, real_accuracy
+    from train_digits import load_digit_splits
 
     from pipelines.generate import DigitsModel
-
-    from train_digits import load_digit_splits
 
     pipe, classifier = load_models()
     real, _ = real_accuracy(classifier)
