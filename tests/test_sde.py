@@ -100,3 +100,15 @@ def test_brownian_increments_are_standard_normal_and_consistent():
     assert abs(torch.corrcoef(torch.stack([first, second]))[0, 1].item()) < 0.03
     fresh = BrownianTreeNoise(seed=0)
     assert torch.equal(fresh.brownian(0.45, like), w[0.45])
+
+
+def test_generator_noise_with_one_generator_per_row():
+    """A list of generators draws row i from generator i alone, so a row's noise ignores its batch."""
+    like = torch.zeros(3, 2, 4, dtype=torch.float64)
+    batch = GeneratorNoise([torch.Generator().manual_seed(s) for s in (5, 6, 7)])(like, 0.0, 1.0)
+    assert batch.dtype == torch.float64 and batch.shape == like.shape
+    for row, seed in enumerate((5, 6, 7)):
+        alone = GeneratorNoise([torch.Generator().manual_seed(seed)])(like[:1], 0.0, 1.0)
+        assert torch.equal(batch[row : row + 1], alone)
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        GeneratorNoise([torch.Generator(), torch.Generator()])(like, 0.0, 1.0)
