@@ -5,8 +5,10 @@
   not depend on the batch size or on how many processes share the work.
 * Outputs are crash-safe (:mod:`pipelines.outputs`): a rerun of the same command skips finished images
   and redoes the rest; a killed run loses nothing already listed in ``manifest.jsonl``.
-* Under ``accelerate launch --num_processes N`` (or ``torchrun``) prompts are dealt round-robin to the
-  processes: prompt ``i`` belongs to rank ``i mod N``, so there are no duplicates or gaps.
+* Under ``accelerate launch --num_processes N`` or ``torchrun --nproc_per_node N`` prompts are dealt
+  round-robin to the processes: prompt ``i`` belongs to rank ``i mod N``, so there are no duplicates or
+  gaps. (On a machine without GPUs, ``accelerate launch`` starts N processes only with ``--multi_gpu``,
+  which then uses gloo; with ``--cpu`` or no flag it starts one.)
 """
 
 from __future__ import annotations
@@ -277,7 +279,9 @@ def _check_existing(jobs: list[ImageJob], done: dict[tuple[int, int], dict], roo
             )
 
 
-def _write_image(root: Path, job: ImageJob, image: Image.Image, model_name: str, manifest: Manifest) -> None:
+def _write_image(
+    root: Path, job: ImageJob, image: Image.Image, model_name: str, manifest: Manifest, rank: int
+) -> None:
     extra = {
         "sampler_label": job.sampler.a1111_name,
         "schedule_type": job.sampler.schedule_type,
@@ -296,6 +300,7 @@ def _write_image(root: Path, job: ImageJob, image: Image.Image, model_name: str,
         "model": model_name,
         "width": image.width,
         "height": image.height,
+        "process": rank,
     }
     text = {"parameters": a1111_parameters(job.prompt, job.settings, extra), "dsample": json.dumps(record)}
     atomic_write_bytes(root / job.relpath, png_bytes(image, text))
@@ -365,7 +370,7 @@ def generate(opts: GenerateOptions) -> dict[str, Any]:
         generators = [torch.Generator().manual_seed(job.seed) for job in batch]
         images = model.generate(batch, schedulers[spec.label], generators)
         for job, image in zip(batch, images):
-            _write_image(root, job, image, model.name, manifest)
+            _write_image(root, job, image, model.name, manifest, procs.rank)
             remaining[job.prompt_index] -= 1
             if remaining[job.prompt_index] == 0:
                 _write_grid(root, job.prompt_index, per_prompt[job.prompt_index])

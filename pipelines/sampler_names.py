@@ -7,7 +7,9 @@ use_karras_sigmas=True)`` from a pipeline's scheduler config. Names are matched 
 
 Equivalences used (exact, not approximate): A1111's "Euler" is DDIM (Karras et al. 2022, sec. 3: DDIM is
 Euler's method on the probability-flow ODE in x/alpha and sigma/alpha), and "Euler a" is DDIM with eta = 1
-(the k-diffusion ancestral step to sigma_down plus sigma_up noise is the DDPM posterior step).
+(the k-diffusion ancestral step to sigma_down plus sigma_up noise is the DDPM posterior step). The steps
+are identical; the timesteps are the model config's grid (diffusers' Euler spaces them slightly
+differently: ``linspace(0, T-1, N)`` rather than ``linspace(0, T-1, N+1)[1:]``).
 """
 
 from __future__ import annotations

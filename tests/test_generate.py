@@ -330,7 +330,8 @@ def test_sigkill_midway_then_resume_gives_exactly_the_expected_images(tmp_path):
 def test_two_processes_split_the_prompts_and_match_one_process(tmp_path):
     args = ["--prompt", "0", "--prompt", "1", "--prompt", "two", "--num-images", "3", "--steps", "10",
             "--batch-size", "2", "--quiet"]  # fmt: skip
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    # without GPUs, accelerate starts several processes (gloo) only with --multi_gpu; --cpu starts one
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "-m", "pipelines.cli", "generate"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -341,6 +342,7 @@ def test_two_processes_split_the_prompts_and_match_one_process(tmp_path):
     records = manifest(tmp_path / "two")
     keys = [(r["prompt_index"], r["sample_index"]) for r in records]
     assert len(keys) == len(set(keys)) == 9
+    assert all(r["process"] == r["prompt_index"] % 2 for r in records)  # two processes, round-robin
     assert generate(tmp_path / "one", *args[:-1]) == 0
     one, two = pixels(tmp_path / "one"), pixels(tmp_path / "two")
     assert one.keys() == two.keys() and len(one) == 9
