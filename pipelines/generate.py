@@ -255,6 +255,12 @@ class _Processes:
         self.size = self.state.num_processes if self.state else 1
         self.is_main = self.rank == 0
 
+    def gpu_device(self) -> str | None:
+        """This process's own GPU under a multi-GPU launch (else ``None``: the model's default device)."""
+        if self.state and self.state.device.type == "cuda":
+            return str(self.state.device)
+        return None
+
     def barrier(self) -> None:
         if self.state:
             self.state.wait_for_everyone()
@@ -327,7 +333,7 @@ def generate(opts: GenerateOptions) -> dict[str, Any]:
 
         diffusers_logging.disable_progress_bar()
     specs = _prompt_specs(opts)
-    model = load_model(opts.model, opts.device)
+    model = load_model(opts.model, opts.device or procs.gpu_device())
     jobs = plan_jobs(specs, opts, model)
     batch_size = model.default_batch_size if opts.batch_size is None else opts.batch_size
     if batch_size < 1:
