@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 __all__ = [
@@ -104,17 +105,12 @@ class DigitsPipeline(DiffusionPipeline):
             return self.unet(x, t, class_labels=labels).sample
         return fixed_size_calls(self.unet, x, self.call_size, timestep=t, class_labels=labels)
 
-    def _initial_noise(self, batch: int, generator, device, dtype) -> torch.Tensor:
+    def _initial_noise(self, batch: int, generator, dtype: torch.dtype) -> torch.Tensor:
+        if isinstance(generator, (list, tuple)) and len(generator) != batch:
+            raise ValueError(f"{len(generator)} generators for {batch} images")
         size = self.unet.config.sample_size
-        shape = (self.unet.config.in_channels, size, size)
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != batch:
-                raise ValueError(f"{len(generator)} generators for {batch} images")
-            noise = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generator])
-        else:
-            dev = generator.device if generator is not None else device
-            noise = torch.randn((batch, *shape), generator=generator, device=dev)
-        return noise.to(device=device, dtype=dtype)
+        shape = (batch, self.unet.config.in_channels, size, size)
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
 
     @torch.no_grad()
     def __call__(
@@ -130,11 +126,11 @@ class DigitsPipeline(DiffusionPipeline):
         """Draw one image per prompt; ``output_type`` is ``"pil"``, ``"np"`` (uint8) or ``"pt"`` ([-1, 1])."""
         prompts = prompt if isinstance(prompt, (list, tuple)) else [prompt]
         labels = torch.tensor([parse_digit(p) for p in prompts], device=self.device)
-        batch = len(prompts)
         dtype = self.unet.dtype
-        x = latents.to(self.device, dtype) if latents is not None else None
-        if x is None:
-            x = self._initial_noise(batch, generator, self.device, dtype)
+        if latents is None:
+            x = self._initial_noise(len(prompts), generator, dtype)
+        else:
+            x = latents.to(self.device, dtype)
         x = x * self.scheduler.init_noise_sigma
         guided = guidance_scale != 1.0
         cond = torch.cat([labels, torch.full_like(labels, NULL_CLASS)]) if guided else labels

@@ -1,8 +1,9 @@
 """``dsample generate``: deterministic, resumable, multi-process batch image generation.
 
 * Each image's noise comes from its own generator seeded by (seed, prompt index, sample index)
-  (:func:`image_seed`), and the bundled model runs batch-invariant kernels on CPU, so an image's pixels do
-  not depend on the batch size or on how many processes share the work.
+  (:func:`image_seed`), and the bundled model calls its UNet on a fixed number of rows
+  (:func:`pipelines.digits.fixed_size_calls`), so an image's pixels do not depend on the batch size or on
+  how many processes share the work.
 * Outputs are crash-safe (:mod:`pipelines.outputs`): a rerun of the same command skips finished images
   and redoes the rest; a killed run loses nothing already listed in ``manifest.jsonl``.
 * Under ``accelerate launch --num_processes N`` or ``torchrun --nproc_per_node N`` prompts are dealt
@@ -34,6 +35,7 @@ from .outputs import (
     png_bytes,
     read_manifest,
     remove_stale_temporaries,
+    rewrite_manifest,
 )
 from .prompts import PromptSpec, UsageError, check_settings, load_prompts
 from .sampler_names import DEFAULT_SAMPLER, SamplerSpec, resolve_sampler
@@ -342,16 +344,17 @@ def generate(opts: GenerateOptions) -> dict[str, Any]:
     if root.exists() and not root.is_dir():
         raise UsageError(f"--out {str(root)!r} exists and is not a directory")
     manifest_path = root / "manifest.jsonl"
-    _check_existing(jobs, read_manifest(manifest_path, root, repair=False), root)
+    done, manifest_clean = read_manifest(manifest_path, root)
+    _check_existing(jobs, done, root)
 
-    if procs.is_main:  # one process tidies up after a killed run before anyone reads the manifest
+    if procs.is_main:  # one process tidies up after a killed run before anyone appends to the manifest
         (root / "images").mkdir(parents=True, exist_ok=True)
         (root / "grids").mkdir(exist_ok=True)
         remove_stale_temporaries(root / "images")
         remove_stale_temporaries(root / "grids")
-        read_manifest(manifest_path, root, repair=True)
+        if not manifest_clean:
+            rewrite_manifest(manifest_path, done)
     procs.barrier()
-    done = read_manifest(manifest_path, root, repair=False)
 
     mine = [j for j in jobs if j.prompt_index % procs.size == procs.rank]
     todo = [j for j in mine if (j.prompt_index, j.sample_index) not in done]

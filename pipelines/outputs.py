@@ -25,6 +25,7 @@ __all__ = [
     "a1111_parameters",
     "Manifest",
     "read_manifest",
+    "rewrite_manifest",
     "image_grid",
     "remove_stale_temporaries",
 ]
@@ -94,17 +95,16 @@ class Manifest:
             os.close(fd)
 
 
-def read_manifest(path: Path, root: Path, repair: bool) -> dict[tuple[int, int], dict]:
-    """Finished images by (prompt index, sample index), from ``path``.
+def read_manifest(path: Path, root: Path) -> tuple[dict[tuple[int, int], dict], bool]:
+    """Finished images by (prompt index, sample index), and whether ``path`` lists exactly these.
 
-    Torn or invalid lines, duplicates and entries whose image file is missing are dropped; with ``repair``
-    the manifest is rewritten (atomically) without them, so every image is listed exactly once."""
+    Torn or invalid lines, duplicates and entries whose image file is missing are dropped; when any were,
+    the flag is False and :func:`rewrite_manifest` makes every image listed exactly once."""
     if not path.exists():
-        return {}
+        return {}, True
     entries: dict[tuple[int, int], dict] = {}
-    raw_lines = path.read_bytes().split(b"\n")
-    kept_lines = 0
-    for raw in raw_lines:
+    lines = [raw for raw in path.read_bytes().split(b"\n") if raw.strip()]
+    for raw in lines:
         try:
             record = json.loads(raw)
             key = (int(record["prompt_index"]), int(record["sample_index"]))
@@ -113,12 +113,13 @@ def read_manifest(path: Path, root: Path, repair: bool) -> dict[tuple[int, int],
             continue
         if file_ok and key not in entries:
             entries[key] = record
-            kept_lines += 1
-    valid_count = sum(1 for raw in raw_lines if raw.strip())
-    if repair and kept_lines != valid_count:
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in entries.values())
-        atomic_write_bytes(path, text.encode())
-    return entries
+    return entries, len(entries) == len(lines)
+
+
+def rewrite_manifest(path: Path, entries: dict[tuple[int, int], dict]) -> None:
+    """Replace the manifest (atomically) by one line per entry."""
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in entries.values())
+    atomic_write_bytes(path, text.encode())
 
 
 def image_grid(images: list[Image.Image], min_tile: int = 64) -> Image.Image:

@@ -46,9 +46,9 @@ class SamplerSpec:
             return self.label[: -len(suffix)]
         return self.label
 
-    def make_scheduler(self, base_config: dict):
-        """A scheduler of this sampler built from a pipeline's own scheduler config."""
-        return self.scheduler_class.from_config(dict(base_config), **self.options)
+    def make_scheduler(self, base_config: dict, **overrides: Any):
+        """A scheduler of this sampler built from a pipeline's own scheduler config (``overrides`` win)."""
+        return self.scheduler_class.from_config(dict(base_config), **{**self.options, **overrides})
 
 
 _FAMILIES: dict[str, tuple[str, type, dict[str, Any]]] = {

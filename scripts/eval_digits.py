@@ -57,10 +57,7 @@ def generated_accuracy(
     **scheduler_options,
 ) -> tuple[float, list[float]]:
     """Classifier accuracy on ``per_class`` generated images of each digit (noise seeded as the CLI's)."""
-    spec = resolve_sampler(sampler)
-    pipe.scheduler = spec.scheduler_class.from_config(
-        pipe.scheduler.config, **spec.options, **scheduler_options
-    )
+    pipe.scheduler = resolve_sampler(sampler).make_scheduler(pipe.scheduler.config, **scheduler_options)
     labels = torch.arange(10).repeat_interleave(per_class)
     generators = [
         torch.Generator().manual_seed(image_seed(seed, int(c), i % per_class)) for i, c in enumerate(labels)
