@@ -23,7 +23,6 @@ from PIL import Image
 __all__ = [
     "ASSETS",
     "DIGITS_MODEL",
-    "DIGITS_CLASSIFIER",
     "NULL_CLASS",
     "DigitsPipeline",
     "parse_digit",
@@ -33,7 +32,6 @@ __all__ = [
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DIGITS_MODEL = ASSETS / "digits"
-DIGITS_CLASSIFIER = ASSETS / "digits-classifier"
 NULL_CLASS = 10
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

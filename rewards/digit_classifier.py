@@ -7,12 +7,17 @@ Trained by ``scripts/train_digits.py`` on scikit-learn's digits (held-out accura
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-__all__ = ["DigitClassifier"]
+__all__ = ["DigitClassifier", "DIGITS_CLASSIFIER"]
+
+#: The bundled classifier (``scripts/train_digits.py``), shipped with the package.
+DIGITS_CLASSIFIER = Path(__file__).resolve().parent / "assets" / "digits-classifier"
 
 
 class DigitClassifier(ModelMixin, ConfigMixin):

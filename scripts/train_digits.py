@@ -10,7 +10,7 @@ held-out 20% is the "real digits" reference that generated samples are judged ag
   eq. 14) under the cosine schedule (Nichol & Dhariwal 2021, eq. 17), labels dropped to the null class 10
   with probability 0.1 for classifier-free guidance (Ho & Salimans 2022, Alg. 1), EMA of the weights.
 
-Writes ``pipelines/assets/digits`` (a ``DigitsPipeline`` directory) and ``pipelines/assets/digits-classifier``
+Writes ``pipelines/assets/digits`` (a ``DigitsPipeline`` directory) and ``rewards/assets/digits-classifier``
 (safetensors), plus ``pipelines/assets/digits/training.json``. 18 minutes on 2 CPU cores (2000 steps)::
 
     .venv/bin/pip install -e '.[train]' && .venv/bin/python scripts/train_digits.py
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from tqdm import tqdm
 
-from pipelines.digits import DIGITS_CLASSIFIER, DIGITS_MODEL, NULL_CLASS, DigitsPipeline, build_digits_unet
-from rewards import DigitClassifier
+from pipelines.digits import DIGITS_MODEL, NULL_CLASS, DigitsPipeline, build_digits_unet
+from rewards import DIGITS_CLASSIFIER, DigitClassifier
 
 
 def load_digit_splits(seed: int = 0) -> dict[str, torch.Tensor]:
