@@ -20,6 +20,8 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from rewards.digit_classifier import parse_digit
+
 __all__ = [
     "ASSETS",
     "DIGITS_MODEL",
@@ -33,21 +35,6 @@ __all__ = [
 ASSETS = Path(__file__).resolve().parent / "assets"
 DIGITS_MODEL = ASSETS / "digits"
 NULL_CLASS = 10
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def parse_digit(prompt: str | int) -> int:
-    """The class a prompt names: ``7``, ``"7"``, ``"seven"`` or ``"Seven"`` -> 7."""
-    if isinstance(prompt, int) and not isinstance(prompt, bool) and 0 <= prompt <= 9:
-        return prompt
-    text = str(prompt).strip().lower()
-    if text.isdigit() and len(text) == 1:
-        return int(text)
-    if text in DIGIT_NAMES:
-        return DIGIT_NAMES.index(text)
-    raise ValueError(
-        f"the digits model draws 0-9: prompt {prompt!r} is not a digit ('7') or its name ('seven')"
-    )
 
 
 def fixed_size_calls(model, x: torch.Tensor, size: int, **kwargs) -> torch.Tensor:

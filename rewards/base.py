@@ -90,21 +90,29 @@ class Reward(nn.Module):
         keep_graph = self._keep_graph(samples, grad)
         out_device = batch.device if isinstance(batch, torch.Tensor) else torch.device("cpu")
         out_dtype = torch.float64 if getattr(batch, "dtype", None) == torch.float64 else torch.float32
+        with torch.set_grad_enabled(keep_graph):
+            scores = self.score_batch(batch, prompt_list, keep_graph)
+        if scores.shape != (len(batch),):
+            raise RuntimeError(
+                f"{type(self).__name__} returned scores of shape {tuple(scores.shape)} "
+                f"for {len(batch)} samples"
+            )
+        return scores.to(device=out_device, dtype=out_dtype)
+
+    def score_batch(
+        self, batch: torch.Tensor | list[str], prompts: list[str] | None, keep_graph: bool
+    ) -> torch.Tensor:
+        """Scores of a whole checked batch: :meth:`score` on chunks of ``batch_size``. Rewards that need the
+        whole batch at once (the normalising combinators) override this instead of :meth:`score`."""
         device = self.device
         chunks = []
-        with torch.set_grad_enabled(keep_graph):
-            for start in range(0, len(batch), self.batch_size):
-                chunk = batch[start : start + self.batch_size]
-                if isinstance(chunk, torch.Tensor) and device is not None:
-                    chunk = chunk.to(device)
-                chunk_prompts = None if prompt_list is None else prompt_list[start : start + self.batch_size]
-                scores = self.score(chunk, chunk_prompts)
-                if scores.shape != (len(chunk),):
-                    raise RuntimeError(
-                        f"{type(self).__name__}.score returned shape {tuple(scores.shape)} "
-                        f"for {len(chunk)} samples"
-                    )
-                chunks.append(scores.to(device=out_device, dtype=out_dtype))
+        for start in range(0, len(batch), self.batch_size):
+            chunk = batch[start : start + self.batch_size]
+            if isinstance(chunk, torch.Tensor) and device is not None:
+                chunk = chunk.to(device)
+            chunk_prompts = None if prompts is None else prompts[start : start + self.batch_size]
+            scores = self.score(chunk, chunk_prompts)
+            chunks.append(scores.reshape(-1).to(chunks[0].device) if chunks else scores.reshape(-1))
         return torch.cat(chunks)
 
     def _keep_graph(self, samples: Any, grad: bool | None) -> bool:

@@ -14,10 +14,26 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-__all__ = ["DigitClassifier", "DIGITS_CLASSIFIER"]
+__all__ = ["DIGITS_CLASSIFIER", "DIGIT_NAMES", "DigitClassifier", "parse_digit"]
 
 #: The bundled classifier (``scripts/train_digits.py``), shipped with the package.
 DIGITS_CLASSIFIER = Path(__file__).resolve().parent / "assets" / "digits-classifier"
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def parse_digit(prompt: str | int) -> int:
+    """The class a prompt names: ``7``, ``"7"``, ``"seven"`` or ``"Seven"`` -> 7."""
+    if isinstance(prompt, int) and not isinstance(prompt, bool) and 0 <= prompt <= 9:
+        return prompt
+    text = str(prompt).strip().lower()
+    if text.isdigit() and len(text) == 1:
+        return int(text)
+    if text in DIGIT_NAMES:
+        return DIGIT_NAMES.index(text)
+    raise ValueError(
+        f"the digits model draws 0-9: prompt {prompt!r} is not a digit ('7') or its name ('seven')"
+    )
 
 
 class DigitClassifier(ModelMixin, ConfigMixin):

@@ -20,14 +20,18 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def resize_center_crop(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Resize (B, C, H, W) so the shorter side fits ``size`` (bicubic, antialiased), then centre-crop it."""
+def resize_center_crop(
+    images: torch.Tensor,
+    size: int | tuple[int, int],
+    interpolation: InterpolationMode = InterpolationMode.BICUBIC,
+) -> torch.Tensor:
+    """Resize (B, C, H, W) so the shorter side fits ``size`` (antialiased), then centre-crop it."""
     height, width = (size, size) if isinstance(size, int) else size
     h, w = images.shape[-2:]
     if (h, w) != (height, width):
         scale = max(height / h, width / w)
         new = (max(height, round(h * scale)), max(width, round(w * scale)))
-        images = TF.resize(images, list(new), interpolation=InterpolationMode.BICUBIC, antialias=True)
+        images = TF.resize(images, list(new), interpolation=interpolation, antialias=True)
         images = images.clamp(0, 1)
         images = TF.center_crop(images, [height, width])
     return images

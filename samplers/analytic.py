@@ -170,6 +170,45 @@ class GaussianMixture:
         z = torch.randn(n, self.dim, generator=generator, dtype=_F64, device=self.means.device)
         return self.means[k] + torch.einsum("bij,bj->bi", self.evecs[k], self.evals[k].sqrt() * z)
 
+    def tilted(
+        self,
+        precision: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> tuple[GaussianMixture, float]:
+        """The exactly tilted target p(x) exp(r(x) / temperature) / Z for r(x) = -x^T P x / 2 + h^T x + c.
+
+        Linear (P = 0) and quadratic rewards (e.g. -|Ax - b|^2: P = 2 A^T A, h = 2 A^T b) keep a Gaussian
+        mixture a Gaussian mixture. Component N(mu, Sigma) becomes N(mu', Sigma') with
+        Sigma' = (Sigma^-1 + P)^-1 and mu' = Sigma' (Sigma^-1 mu + h), and its weight is multiplied by
+        Z_k = E_{N(mu, Sigma)}[exp(-x^T P x / 2 + h^T x)]
+            = det(I + Sigma P)^(-1/2) exp((mu'^T (Sigma^-1 mu + h) - mu^T Sigma^-1 mu) / 2).
+        Returns the tilted mixture and log sum_k pi_k Z_k (the constant c excluded), so that
+        log p_tilted(x) = log p(x) + (r(x) - c) / temperature - log_z. P must keep Sigma^-1 + P positive
+        definite (always so for P >= 0).
+        """
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        d, device = self.dim, self.means.device
+        P = torch.zeros(d, d, dtype=_F64, device=device) if precision is None else precision
+        h = torch.zeros(d, dtype=_F64, device=device) if shift is None else shift
+        P = torch.as_tensor(P, dtype=_F64, device=device) / temperature
+        h = torch.as_tensor(h, dtype=_F64, device=device).reshape(d) / temperature
+        if P.shape != (d, d):
+            raise ValueError(f"precision must be ({d}, {d}), got {tuple(P.shape)}")
+        P = 0.5 * (P + P.T)
+        inv_cov = self.evecs @ torch.diag_embed(1.0 / self.evals) @ self.evecs.transpose(-1, -2)
+        new_cov = torch.linalg.inv(inv_cov + P)
+        natural = torch.einsum("kij,kj->ki", inv_cov, self.means) + h
+        new_means = torch.einsum("kij,kj->ki", new_cov, natural)
+        _, logdet = torch.linalg.slogdet(torch.eye(d, dtype=_F64, device=device) + self.covs @ P)
+        quad_old = torch.einsum("ki,kij,kj->k", self.means, inv_cov, self.means)
+        log_z_k = -0.5 * logdet + 0.5 * ((new_means * natural).sum(-1) - quad_old)
+        log_w = self.log_weights + log_z_k
+        log_z = torch.logsumexp(log_w, 0)
+        tilted = GaussianMixture(new_means, new_cov, (log_w - log_z).exp(), self.labels)
+        return tilted, float(log_z)
+
     # ------------------------------------------------------------------ exact denoising
 
     def _terms(

@@ -1,0 +1,208 @@
+"""Classifier-probability reward: log p(y | x) of an image classifier, the reward of classifier guidance.
+
+Dhariwal & Nichol 2021, "Diffusion Models Beat GANs", Sec. 4 guide with grad log p_phi(y | x); as a search
+reward the same quantity ranks samples by how clearly they show class y. Any torch classifier works:
+an ``nn.Module`` returning logits (or an output with ``.logits``), a transformers image-classification
+checkpoint (hub name or directory, preprocessed as its image processor says), or the bundled digits
+classifier (:func:`digits_reward`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from .base import Reward
+from .digit_classifier import DIGITS_CLASSIFIER, DigitClassifier, parse_digit
+from .preprocess import resize_center_crop
+
+__all__ = ["ClassifierReward", "ImagePreprocess", "digits_reward"]
+
+LabelSpec = int | str
+#: PIL resampling filter numbers (as image processors store them) -> torchvision modes.
+_PIL_RESAMPLE = {0: InterpolationMode.NEAREST, 2: InterpolationMode.BILINEAR, 3: InterpolationMode.BICUBIC}
+
+
+class ImagePreprocess(nn.Module):
+    """[0, 1] images -> classifier input: channels, size, (x - mean) / std, then a map onto ``value_range``.
+
+    ``crop=True`` resizes the shorter side and centre-crops (CLIP, ConvNeXt processors); ``crop=False``
+    resizes to exactly ``size`` (ViT processors, the digits classifier).
+    """
+
+    def __init__(
+        self,
+        channels: int | None = None,
+        size: int | tuple[int, int] | None = None,
+        crop: bool = False,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        value_range: tuple[float, float] = (0.0, 1.0),
+        interpolation: InterpolationMode = InterpolationMode.BICUBIC,
+    ):
+        super().__init__()
+        self.channels, self.crop, self.value_range = channels, crop, value_range
+        self.interpolation = interpolation
+        self.size = (size, size) if isinstance(size, int) else size
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels == 1 and images.shape[1] == 3:
+            images = images.mean(1, keepdim=True)
+        elif self.channels == 3 and images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        if self.size is not None and tuple(images.shape[-2:]) != self.size:
+            if self.crop:
+                images = resize_center_crop(images, self.size, self.interpolation)
+            else:
+                images = TF.resize(images, list(self.size), interpolation=self.interpolation, antialias=True)
+                images = images.clamp(0, 1)
+        if self.mean is not None:
+            mean = torch.as_tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+            std = torch.as_tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+            images = (images - mean) / std
+        low, high = self.value_range
+        return images * (high - low) + low
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, size={self.size}, crop={self.crop}, range={self.value_range}"
+
+
+def _load_classifier(spec: str | Path) -> tuple[nn.Module, ImagePreprocess]:
+    """A digits-classifier directory, or a transformers image-classification checkpoint (name or dir)."""
+    config = Path(spec) / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("_class_name") == DigitClassifier.__name__:
+        model = DigitClassifier.from_pretrained(spec)
+        cfg = model.config
+        return model, ImagePreprocess(cfg.in_channels, cfg.sample_size, value_range=(-1.0, 1.0))
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    try:
+        model = AutoModelForImageClassification.from_pretrained(str(spec))
+        processor = AutoImageProcessor.from_pretrained(str(spec))
+    except OSError as error:
+        raise FileNotFoundError(f"could not load an image classifier from {str(spec)!r}: {error}") from error
+    return model, _processor_preprocess(processor)
+
+
+def _processor_preprocess(processor) -> ImagePreprocess:
+    """The resize/crop/normalise a transformers image processor applies, as a torch module."""
+    crop = bool(getattr(processor, "do_center_crop", False)) and getattr(processor, "crop_size", None)
+    size = getattr(processor, "crop_size" if crop else "size", None) or {}
+    size = dict(size)
+    if "height" in size:
+        hw = (size["height"], size["width"])
+    elif "shortest_edge" in size:
+        hw = (size["shortest_edge"], size["shortest_edge"])
+    else:
+        hw = None
+    normalize = getattr(processor, "do_normalize", True)
+    resample = getattr(processor, "resample", None)
+    return ImagePreprocess(
+        channels=3,
+        size=hw,
+        crop=bool(crop),
+        mean=processor.image_mean if normalize else None,
+        std=processor.image_std if normalize else None,
+        interpolation=_PIL_RESAMPLE.get(int(resample), InterpolationMode.BICUBIC)
+        if resample is not None
+        else InterpolationMode.BICUBIC,
+    )
+
+
+class ClassifierReward(Reward):
+    """``log p(target | image)`` under ``classifier``; the target is fixed or read from each prompt.
+
+    Args:
+        classifier: an ``nn.Module`` (logits out), a digits-classifier directory, or a transformers image
+            classification checkpoint (hub name or directory).
+        target: the class, as an index or (with a transformers checkpoint) a label name; ``None`` reads it
+            from each prompt with ``labels``.
+        labels: maps a prompt to a class index (a callable or a dict); by default a prompt that is a label
+            name of the checkpoint, or an integer, is used.
+        preprocess: how [0, 1] images become classifier inputs; a loaded checkpoint brings its own.
+    """
+
+    modality = "image"
+    differentiable = True
+    scale = "log-probability of the target class, in (-inf, 0]; 0 is certainty"
+
+    def __init__(
+        self,
+        classifier: nn.Module | str | Path,
+        target: LabelSpec | None = None,
+        *,
+        labels: Callable[[str], int] | Mapping[str, int] | None = None,
+        preprocess: ImagePreprocess | None = None,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+    ):
+        super().__init__(batch_size=batch_size)
+        if isinstance(classifier, (str, Path)):
+            classifier, loaded_preprocess = _load_classifier(classifier)
+            preprocess = preprocess or loaded_preprocess
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.preprocess = preprocess or ImagePreprocess()
+        config = getattr(classifier, "config", None)
+        self.label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+        self.labels = labels
+        self.target = None if target is None else self._class_index(target)
+        self.needs_prompts = self.target is None
+        if device is not None:
+            self.to(device)
+
+    def _class_index(self, label: LabelSpec) -> int:
+        if isinstance(label, int) and not isinstance(label, bool):
+            return label
+        if isinstance(label, str) and label in self.label2id:
+            return self.label2id[label]
+        if isinstance(label, str) and label.strip().lstrip("-").isdigit():
+            return int(label)
+        known = ", ".join(sorted(self.label2id)) or "none (give class indices)"
+        raise ValueError(f"unknown class {label!r}; the classifier's labels are: {known}")
+
+    def _prompt_class(self, prompt: str) -> int:
+        if self.labels is None:
+            return self._class_index(prompt)
+        if isinstance(self.labels, Mapping):
+            if prompt not in self.labels:
+                raise ValueError(f"prompt {prompt!r} is not in the labels mapping")
+            return int(self.labels[prompt])
+        return int(self.labels(prompt))
+
+    def log_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """(n, classes) log-probabilities of [0, 1] images."""
+        inputs = self.preprocess(images.to(next(self.classifier.parameters()).dtype))
+        out = self.classifier(inputs)
+        logits = out.logits if hasattr(out, "logits") else out
+        return logits.log_softmax(-1)
+
+    def score(self, samples: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
+        logp = self.log_probs(samples)
+        if self.target is not None:
+            classes = [self.target] * len(samples)
+        else:
+            classes = [self._prompt_class(p) for p in prompts]
+        n_classes = logp.shape[-1]
+        bad = [c for c in classes if not 0 <= c < n_classes]
+        if bad:
+            raise ValueError(f"class {bad[0]} is out of range for a {n_classes}-class classifier")
+        index = torch.tensor(classes, device=logp.device).view(-1, 1)
+        return logp.gather(1, index).squeeze(1)
+
+
+def digits_reward(
+    target: int | None = None, batch_size: int = 256, device: str | torch.device | None = None
+) -> ClassifierReward:
+    """log p(digit | image) under the bundled digits classifier; the digit is ``target`` or each prompt
+    ("7" or "seven"), as the bundled digits pipeline takes them."""
+    return ClassifierReward(
+        DIGITS_CLASSIFIER, target, labels=parse_digit, batch_size=batch_size, device=device
+    )
