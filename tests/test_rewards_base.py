@@ -152,3 +152,15 @@ def test_scores_return_to_the_samples_device_and_weights_stay_put():
     x = torch.tensor([[1.0, 1.0], [0.0, -1.0]])
     torch.testing.assert_close(reward(x), torch.tensor([3.0, -2.0]))
     assert reward.device == torch.device("cpu")
+
+
+def test_every_registered_name_resolves_to_a_reward_constructor():
+    from rewards.registry import REWARD_NAMES, load_reward, reward_constructor
+
+    for name in REWARD_NAMES:
+        assert callable(reward_constructor(name))
+    reward = load_reward("JPEG_Compressibility", quality=90)
+    assert isinstance(reward, JPEGCompressibility) and reward.quality == 90
+    assert load_reward("digits", target=3).target == 3
+    with pytest.raises(ValueError, match="known rewards: aesthetic, classifier"):
+        load_reward("no-such-reward")
