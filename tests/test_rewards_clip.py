@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
+from threads import one_thread
 from tiny_clip import (
     CAPTIONS,
     COLOURS,
     EMBED_DIM,
-    one_thread,
     register_open_clip_architecture,
     save_open_clip,
     solid,

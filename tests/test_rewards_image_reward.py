@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from threads import one_thread
 from transformers import BertTokenizerFast, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
 from rewards.image_reward import (
@@ -88,10 +89,8 @@ def _original_state_dict(vision: BlipVisionModel, text: BlipTextModel, head: Ima
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """The tiny model's ops are microseconds; intra-op threads only add synchronisation (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

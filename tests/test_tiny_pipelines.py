@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_pipelines import CALL_KWARGS, EXPECTED_SHAPES, PIPELINES, one_thread, output_of
+from threads import one_thread
+from tiny_pipelines import CALL_KWARGS, EXPECTED_SHAPES, PIPELINES, output_of
 
 STEPS = 4
 

@@ -15,10 +15,9 @@ processor.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -39,18 +38,6 @@ OPEN_CLIP_CFG = {
     "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
     "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """One intra-op torch thread (restored afterwards): for models this small, OpenMP synchronisation on a
-    loaded 2-core machine costs ~100x (as ``tiny_pipelines.one_thread``, without importing diffusers)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def solid(name: str, size: int | tuple[int, int] = IMAGE_SIZE) -> torch.Tensor:

@@ -8,9 +8,10 @@ Weights are drawn under a fixed torch seed inside :func:`torch.random.fork_rng`,
 the same pipeline and never disturbs the caller's global RNG.
 
 The pipelines run on CPU in float32 with the progress bar disabled; ``pipe(**CALL_KWARGS[name],
-num_inference_steps=4, generator=...)`` generates in ~0.1 s (inside :func:`one_thread`). Outputs are noise
-(the weights are random) but every code path of the real pipeline runs: prompt encoding with classifier-free
-guidance, the scheduler's ``set_timesteps``/``step`` protocol, latent packing/patching and VAE decoding.
+num_inference_steps=4, generator=...)`` generates in ~0.1 s (inside :func:`threads.one_thread`). Outputs are
+noise (the weights are random) but every code path of the real pipeline runs: prompt encoding with
+classifier-free guidance, the scheduler's ``set_timesteps``/``step`` protocol, latent packing/patching and VAE
+decoding.
 
 Scheduler protocol of each pipeline (diffusers 0.42; what a replacement scheduler must provide):
 
@@ -40,8 +41,7 @@ Scheduler protocol of each pipeline (diffusers 0.42; what a replacement schedule
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -197,21 +197,6 @@ def _vae(latent_channels: int, **kw: Any) -> AutoencoderKL:
         sample_size=32,
         **kw,
     )
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread, restoring the previous setting afterwards.
-
-    For models this small, threading only costs: on a loaded 2-core machine OpenMP synchronisation made a
-    32x32 ``nn.Linear`` take ~12 ms instead of ~40 us (a 4-step Flux run: 4.5 s instead of 0.08 s).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _finish(pipe: Any) -> Any:
