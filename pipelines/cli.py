@@ -6,6 +6,7 @@ model, against its exact probability-flow ODE solution. It runs offline in secon
 ``dsample generate`` writes images from prompts (the bundled digits model by default, or any diffusers
 text-to-image model): deterministic per image, resumable, and split across processes under
 ``accelerate launch``; see :mod:`pipelines.generate`.
+``dsample score`` scores a ``generate`` run's images with a reward (``dsample rewards`` lists them).
 """
 
 from __future__ import annotations
@@ -151,6 +152,57 @@ def _add_generate(sub) -> None:
     gen.set_defaults(func=_generate)
 
 
+def _score(args: argparse.Namespace) -> int:
+    from .prompts import UsageError
+    from .score import ScoreOptions, parse_option, score_run
+
+    try:
+        options = dict(parse_option(text) for text in args.options or [])
+        summary = score_run(
+            ScoreOptions(args.run, args.reward, options, args.batch_size, args.device, args.quiet)
+        )
+    except UsageError as err:
+        print(f"dsample: error: {err}", file=sys.stderr)
+        return 2
+    print(f"dsample: {summary['images']} images scored with {summary['reward']} ({summary['scale']})")
+    print(f"  mean {summary['mean']:.4g}, min {summary['min']:.4g}, max {summary['max']:.4g}")
+    for prompt, mean in summary["per_prompt"].items():
+        print(f"  {prompt!r}: mean {mean:.4g}")
+    print(f"  scores in {summary['file']}")
+    return 0
+
+
+def _rewards(_: argparse.Namespace) -> int:
+    from rewards.registry import REWARD_NAMES
+
+    print("Rewards (load_reward(name, **options); dsample score --reward NAME --option key=value):")
+    for name, (_, attribute, description) in REWARD_NAMES.items():
+        print(f"  {name:<24} {attribute:<26} {description}")
+    return 0
+
+
+def _add_score(sub) -> None:
+    score = sub.add_parser(
+        "score",
+        help="score the images of a `generate` run with a reward",
+        description="Score every image listed in RUN/manifest.jsonl with a reward (its prompt as the "
+        "reward's prompt); writes RUN/scores/REWARD.jsonl. `dsample rewards` lists the rewards.",
+    )
+    score.add_argument("run", metavar="RUN", help="a `dsample generate` output directory")
+    score.add_argument("--reward", default="digits", help="reward name (default 'digits')")
+    score.add_argument(
+        "--option",
+        dest="options",
+        action="append",
+        metavar="KEY=VALUE",
+        help="reward constructor option, repeatable (e.g. --option model=local-dir:/path/to/clip)",
+    )
+    score.add_argument("--batch-size", type=int, default=None, help="images per reward call")
+    score.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
+    score.add_argument("--quiet", action="store_true", help="no progress bar")
+    score.set_defaults(func=_score)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dsample", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     sub.add_parser("solvers", help="list solver presets").set_defaults(func=_solvers)
     _add_generate(sub)
+    _add_score(sub)
+    sub.add_parser("rewards", help="list the rewards by name").set_defaults(func=_rewards)
     return parser
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -331,13 +332,16 @@ def test_two_processes_split_the_prompts_and_match_one_process(tmp_path):
     args = ["--prompt", "0", "--prompt", "1", "--prompt", "two", "--num-images", "3", "--steps", "10",
             "--batch-size", "2", "--quiet"]  # fmt: skip
     # without GPUs, accelerate starts several processes (gloo) only with --multi_gpu; --cpu starts one
+    with socket.socket() as probe:  # a free port, not accelerate's default 29500 that another job may hold
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "-m", "pipelines.cli", "generate"]  # fmt: skip
+              "--main_process_port", str(port), "-m", "pipelines.cli", "generate"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([*launch, *args, "--out", str(tmp_path / "two")], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.returncode == 0, run.stderr[:3000] + "\n...\n" + run.stderr[-3000:]
     assert run.stdout.count("dsample: 9 images") == 1  # one summary, from the main process
     records = manifest(tmp_path / "two")
     keys = [(r["prompt_index"], r["sample_index"]) for r in records]

@@ -343,3 +343,18 @@ def test_encoders_are_image_text_encoders(tiny: TinyCLIPs):
     assert isinstance(OpenCLIPEncoder(tiny.local_dir), ImageTextEncoder)
     hf = HFCLIPEncoder(tiny.hf_dir)
     assert isinstance(hf, ImageTextEncoder) and hf.image_size == (32, 32) and hf.max_length == 16
+
+
+def test_video_rewards_on_the_tiny_clip(tiny: TinyCLIPs):
+    """Temporal consistency with a real open_clip encoder: 1 for a still video, lower when colours flip; a
+    per-frame CLIPScore ranks the caption of the video's colour first."""
+    from rewards.video import FrameAggregate, TemporalConsistency
+
+    red, green = solid("red")[0], solid("green")[0]
+    still, flipping = torch.stack([red] * 4), torch.stack([red, green, red, green])
+    consistency = TemporalConsistency(OpenCLIPEncoder(tiny.local_dir))(torch.stack([still, flipping]))
+    assert abs(consistency[0].item() - 1) < 1e-5 and consistency[1] < consistency[0] - 0.05
+    per_frame = FrameAggregate(CLIPScore(tiny.local_dir), "mean")
+    videos = torch.stack([still, still])
+    scores = per_frame(videos, ["a red image", "a green image"])
+    assert scores[0] > scores[1]
