@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from rewards.registry import REWARD_NAMES, load_reward
+from rewards.registry import canonical_reward_name, load_reward
 
 from .outputs import atomic_write_bytes, read_manifest
 from .prompts import UsageError
@@ -54,9 +54,10 @@ def _load_rgb_or_grey(path: Path) -> Image.Image:
 
 
 def _build_reward(opts: ScoreOptions):
-    key = opts.reward.strip().lower().replace("_", "-")
-    if key not in REWARD_NAMES:
-        raise UsageError(f"unknown reward {opts.reward!r}; known rewards: {', '.join(sorted(REWARD_NAMES))}")
+    try:
+        key = canonical_reward_name(opts.reward)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     try:
         reward = load_reward(key, **opts.options)
     except TypeError as error:  # an option the constructor does not take

@@ -11,7 +11,7 @@ from typing import Any
 
 from .base import Reward
 
-__all__ = ["REWARD_NAMES", "load_reward", "reward_constructor"]
+__all__ = ["REWARD_NAMES", "canonical_reward_name", "load_reward", "reward_constructor"]
 
 #: name -> (module, attribute, one-line description)
 REWARD_NAMES: dict[str, tuple[str, str, str]] = {
@@ -33,12 +33,17 @@ REWARD_NAMES: dict[str, tuple[str, str, str]] = {
 }
 
 
-def reward_constructor(name: str) -> Any:
-    """The class or factory registered under ``name`` (case-insensitive; '_' and '-' are the same)."""
+def canonical_reward_name(name: str) -> str:
+    """The registered spelling of ``name`` (case-insensitive; '_' and '-' alike); ValueError if none."""
     key = name.strip().lower().replace("_", "-")
     if key not in REWARD_NAMES:
         raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(sorted(REWARD_NAMES))}")
-    module, attribute, _ = REWARD_NAMES[key]
+    return key
+
+
+def reward_constructor(name: str) -> Any:
+    """The class or factory registered under ``name`` (see :func:`canonical_reward_name`)."""
+    module, attribute, _ = REWARD_NAMES[canonical_reward_name(name)]
     return getattr(importlib.import_module(module), attribute)
 
 
