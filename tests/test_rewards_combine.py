@@ -147,3 +147,12 @@ def test_temporal_consistency_is_one_for_a_static_video_and_lower_when_colours_f
     got = TemporalConsistency(ColourEncoder())(torch.stack([static, flipping]))
     cos = float(torch.nn.functional.cosine_similarity(red.mean((1, 2)) - 0.5, blue.mean((1, 2)) - 0.5, dim=0))
     torch.testing.assert_close(got, torch.tensor([1.0, cos]))
+
+
+def test_gradcheck_of_temporal_consistency_and_normalised_sums():
+    g = torch.Generator().manual_seed(4)
+    videos = (0.2 + 0.6 * torch.rand(2, 3, 3, 2, 2, generator=g, dtype=F64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: TemporalConsistency(ColourEncoder())(v), (videos,))
+    a, b = (linear_reward(w) for w in torch.randn(2, 3, generator=g, dtype=F64))
+    x = torch.randn(4, 3, generator=g, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: WeightedSum([ZScore(a), ZScore(b)], [1.0, 0.5])(v), (x,))
