@@ -20,13 +20,11 @@ from torchvision.transforms.v2 import functional as TF
 
 from .base import Reward
 from .digit_classifier import DIGITS_CLASSIFIER, DigitClassifier, parse_digit
-from .preprocess import resize_center_crop
+from .preprocess import PIL_RESAMPLE, resize_center_crop
 
 __all__ = ["ClassifierReward", "ImagePreprocess", "digits_reward"]
 
 LabelSpec = int | str
-#: PIL resampling filter numbers (as image processors store them) -> torchvision modes.
-_PIL_RESAMPLE = {0: InterpolationMode.NEAREST, 2: InterpolationMode.BILINEAR, 3: InterpolationMode.BICUBIC}
 
 
 class ImagePreprocess(nn.Module):
@@ -105,15 +103,15 @@ def _processor_preprocess(processor) -> ImagePreprocess:
         hw = None
     normalize = getattr(processor, "do_normalize", True)
     resample = getattr(processor, "resample", None)
+    # PIL filter number; none given, or one torch lacks (Lanczos, box, Hamming), falls back to bicubic
+    resample = 3 if resample is None else int(resample)
     return ImagePreprocess(
         channels=3,
         size=hw,
         crop=bool(crop),
         mean=processor.image_mean if normalize else None,
         std=processor.image_std if normalize else None,
-        interpolation=_PIL_RESAMPLE.get(int(resample), InterpolationMode.BICUBIC)
-        if resample is not None
-        else InterpolationMode.BICUBIC,
+        interpolation=InterpolationMode(PIL_RESAMPLE.get(resample, "bicubic")),
     )
 
 

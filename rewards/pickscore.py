@@ -15,11 +15,10 @@ import torch
 from torch import nn
 
 from .clip import ImageTextEncoder, _ImageTextReward, _pooled
+from .preprocess import PIL_RESAMPLE
 
 __all__ = ["HFCLIPEncoder", "PickScore"]
 
-# PIL resampling codes (what transformers image processors store) -> torchvision interpolation names
-_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 def _from_pretrained(cls: Any, name: str | Path, what: str) -> Any:
@@ -101,7 +100,7 @@ class HFCLIPEncoder(ImageTextEncoder):
                 "HFCLIPEncoder: a fixed (height, width) resize followed by a crop is not supported"
             )
         resample = getattr(image_processor, "resample", 3)
-        interpolation = _RESAMPLE.get(int(resample), None)
+        interpolation = PIL_RESAMPLE.get(int(resample), None)
         if interpolation is None:
             raise ValueError(f"HFCLIPEncoder: resampling {resample!r} is not supported on tensors")
         normalize = getattr(image_processor, "do_normalize", True)

@@ -14,7 +14,10 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "clip_preprocess", "resize_center_crop"]
+__all__ = ["OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "PIL_RESAMPLE", "clip_preprocess", "resize_center_crop"]
+
+#: PIL resampling filter numbers, as transformers image processors store them -> torchvision mode names.
+PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
