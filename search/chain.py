@@ -1,0 +1,211 @@
+"""Denoising chains: the one interface every search method runs on.
+
+A chain (DESIGN.md, "one chain, many strategies") is a prior, a sequence of ``steps`` steps, a look-ahead
+prediction of the clean sample, and a decoder:
+
+* ``prior(n, generator) -> ChainState``: n particles at the noise end (step 0);
+* ``step(state, generator) -> ChainState``: every particle one step on (stochastic when the solver is);
+* ``predict(state) -> Tensor``: the look-ahead x̂0 of every particle (Tweedie's E[x0 | x_t]); the model
+  call it needs is cached on the returned state and reused by the next ``step``, so a method that scores
+  look-aheads at every step pays no extra model call;
+* ``decode(x0) -> samples``: what a reward scores (images in [0, 1], vectors, ...).
+
+:class:`SolverChain` makes any ``samplers`` solver + denoiser + time grid a chain;
+:func:`gaussian_mixture_chain` builds one on the exact analytic model. A :class:`ChainState` is
+batch-first and indexable, so particle methods resample or prune it with ``state[idx]`` (multistep
+histories included) and merge with :meth:`ChainState.cat`.
+
+Model calls are counted per particle on the chain's :class:`~search.budget.Budget`: a call on a batch of B
+particles costs B NFE, whatever the batching.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from samplers.denoiser import Denoiser, DenoiserOutput
+from samplers.grids import TimeGrid
+from samplers.solvers import Evaluation, Solver, _evaluate
+from samplers.state import SolverState
+
+from .budget import Budget
+
+__all__ = ["Chain", "ChainState", "SolverChain", "gaussian_mixture_chain"]
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """Particles of a chain at one step: the solver state plus, when already computed, the model's output
+    at the current point (the look-ahead cache)."""
+
+    solver: SolverState
+    cached: DenoiserOutput | None = None
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.solver.x
+
+    @property
+    def step(self) -> int:
+        return self.solver.step
+
+    def __len__(self) -> int:
+        return len(self.solver)
+
+    def __getitem__(self, idx: Any) -> ChainState:
+        """Rows ``idx`` of every particle tensor (resampling, pruning, selecting)."""
+        rows = self.solver[idx]
+        cached = None
+        if self.cached is not None:
+            index = [idx] if isinstance(idx, int) else idx
+            if isinstance(index, torch.Tensor):
+                index = index.to(self.cached.x0.device)
+            cached = DenoiserOutput(x0=self.cached.x0[index], eps=self.cached.eps[index])
+        return ChainState(rows, cached)
+
+    @staticmethod
+    def cat(states: Sequence[ChainState]) -> ChainState:
+        """Stack states taken at the same step (the cache is kept only if every state has one)."""
+        solver = SolverState.cat([s.solver for s in states])
+        if all(s.cached is not None for s in states):
+            cached = DenoiserOutput(
+                x0=torch.cat([s.cached.x0 for s in states]), eps=torch.cat([s.cached.eps for s in states])
+            )
+        else:
+            cached = None
+        return ChainState(solver, cached)
+
+
+@runtime_checkable
+class Chain(Protocol):
+    """What every search method needs of a generator (see the module docstring)."""
+
+    steps: int
+    budget: Budget
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> ChainState: ...
+
+    def step(self, state: ChainState, generator: torch.Generator | None = None) -> ChainState: ...
+
+    def predict(self, state: ChainState) -> tuple[ChainState, torch.Tensor]: ...
+
+    def decode(self, x0: torch.Tensor) -> Any: ...
+
+    def trajectory_nfe(self) -> int: ...
+
+
+class SolverChain:
+    """A ``samplers`` solver run over a time grid with a denoiser, as a chain.
+
+    Args:
+        denoiser: the model (:class:`samplers.denoiser.Denoiser`).
+        grid: the time grid; ``steps = grid.steps``.
+        solver: any solver preset (DDIM, DPM-Solver++, UniPC, SDE variants, ...); stochastic solvers draw
+            their step noise from the generator passed to :meth:`step`.
+        shape: the shape of one particle (e.g. ``(2,)`` or ``(3, 64, 64)``).
+        cond: per-particle conditioning of one particle (broadcast to every particle), e.g. class labels.
+        decode: maps clean samples to what rewards score (identity by default).
+        budget: where model calls are charged (a fresh unlimited one by default).
+        dtype, device: of the particles.
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        grid: TimeGrid,
+        solver: Solver,
+        shape: Sequence[int],
+        *,
+        cond: Mapping[str, torch.Tensor] | None = None,
+        decode: Callable[[torch.Tensor], Any] | None = None,
+        budget: Budget | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ):
+        self.denoiser, self.grid, self.solver = denoiser, grid, solver
+        self.shape = tuple(int(s) for s in shape)
+        self.cond = dict(cond or {})
+        self._decode = decode
+        self.budget = budget if budget is not None else Budget()
+        self.dtype, self.device = dtype, torch.device(device)
+        self.steps = grid.steps
+
+    def trajectory_nfe(self) -> int:
+        """Model calls one particle costs from prior to the end."""
+        return self.solver.evaluations(self.grid)
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> ChainState:
+        """n particles x_T ~ N(0, (alpha_T^2 + sigma_T^2) I) at grid index 0 (the usual diffusion prior)."""
+        if n < 1:
+            raise ValueError(f"need at least one particle, got {n}")
+        scale = math.hypot(float(self.grid.alpha_values[0]), float(self.grid.sigma_values[0]))
+        x = torch.randn(n, *self.shape, generator=generator, dtype=self.dtype, device=self.device) * scale
+        cond = {k: v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v for k, v in self.cond.items()}
+        return ChainState(self.solver.init(x, self.grid, cond))
+
+    def _evaluate(self, request: Evaluation, cond: Mapping[str, torch.Tensor]) -> DenoiserOutput:
+        self.budget.charge_nfe(request.x.shape[0])
+        return _evaluate(self.denoiser, request, cond)
+
+    def predict(self, state: ChainState) -> tuple[ChainState, torch.Tensor]:
+        """(state with its model output cached, x̂0 of every particle). At the last grid point x̂0 = x."""
+        if state.step >= self.steps:
+            return state, state.x
+        if state.cached is None:
+            i = state.step
+            grid = self.grid
+            request = Evaluation(state.x, grid.t[i], grid.alpha_values[i], grid.sigma_values[i], i)
+            state = ChainState(state.solver, self._evaluate(request, state.solver.cond))
+        return state, state.cached.x0
+
+    def step(self, state: ChainState, generator: torch.Generator | None = None) -> ChainState:
+        """Every particle one grid step on; the model output at the start point comes from the cache when
+        :meth:`predict` already computed it."""
+        if state.step >= self.steps:
+            raise ValueError(f"the chain has {self.steps} steps; the state is already at the end")
+        plan = self.solver.advance(state.solver, self.grid, generator if self.solver.is_stochastic else None)
+        request = next(plan)
+        out = state.cached if state.cached is not None else self._evaluate(request, state.solver.cond)
+        while True:
+            try:
+                request = plan.send(out)
+            except StopIteration as done:
+                return ChainState(done.value)
+            out = self._evaluate(request, state.solver.cond)
+
+    def decode(self, x0: torch.Tensor) -> Any:
+        return x0 if self._decode is None else self._decode(x0)
+
+    def with_budget(self, budget: Budget) -> SolverChain:
+        """The same chain (model, grid, solver shared) charging ``budget``."""
+        chain = copy.copy(self)
+        chain.budget = budget
+        return chain
+
+
+def gaussian_mixture_chain(
+    gmm,
+    schedule,
+    steps: int,
+    solver: Solver,
+    *,
+    grid_kind: str = "uniform_lambda",
+    prediction_type: str = "epsilon",
+    budget: Budget | None = None,
+    t_start: float | None = None,
+) -> SolverChain:
+    """The exact analytic model (:class:`samplers.analytic.GaussianMixture`) as a float64 chain."""
+    from samplers.analytic import make_net
+    from samplers.grids import make_grid
+
+    net = make_net(gmm, lambda t: (schedule.alpha(t), schedule.sigma(t)), prediction_type)
+    grid = make_grid(schedule, steps, grid_kind, final="zero", t_start=t_start)
+    return SolverChain(
+        Denoiser(net, prediction_type), grid, solver, (gmm.dim,), budget=budget, dtype=torch.float64
+    )
