@@ -1,0 +1,45 @@
+"""Inference-time search over denoising chains: best-of-N, Feynman-Kac steering (SMC), resamplers.
+
+Every method takes a chain (:mod:`search.chain`), a reward (:mod:`rewards`) and a budget, and returns a
+:class:`~search.result.SearchResult` with NFE counted per particle the same way for all methods.
+"""
+
+from .best_of_n import best_of_n
+from .budget import Budget, BudgetExceeded
+from .chain import Chain, ChainState, SolverChain, gaussian_mixture_chain
+from .fk_smc import POTENTIALS, fk_steering
+from .metrics import sliced_wasserstein
+from .resample import (
+    RESAMPLERS,
+    effective_sample_size,
+    get_resampler,
+    multinomial,
+    normalise_log_weights,
+    residual,
+    stratified,
+    systematic,
+)
+from .result import SearchResult, score_samples
+
+__all__ = [
+    "POTENTIALS",
+    "RESAMPLERS",
+    "Budget",
+    "BudgetExceeded",
+    "Chain",
+    "ChainState",
+    "SearchResult",
+    "SolverChain",
+    "best_of_n",
+    "effective_sample_size",
+    "fk_steering",
+    "gaussian_mixture_chain",
+    "get_resampler",
+    "multinomial",
+    "normalise_log_weights",
+    "residual",
+    "score_samples",
+    "sliced_wasserstein",
+    "stratified",
+    "systematic",
+]

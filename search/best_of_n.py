@@ -16,18 +16,9 @@ import torch
 from .budget import Budget
 from .chain import Chain
 from .result import SearchResult, score_samples
+from .selection import check_selection, particle_count, select_final
 
-__all__ = ["best_of_n", "particles_for_budget", "run_to_end"]
-
-
-def particles_for_budget(chain: Chain, max_nfe: int, per_particle: int | None = None) -> int:
-    """How many full trajectories ``max_nfe`` pays for; a clear error if not even one."""
-    cost = chain.trajectory_nfe() if per_particle is None else per_particle
-    if max_nfe < cost:
-        raise ValueError(
-            f"a budget of {max_nfe} NFE is smaller than one trajectory ({cost} NFE per particle)"
-        )
-    return max_nfe // cost
+__all__ = ["best_of_n", "run_to_end"]
 
 
 def run_to_end(chain: Chain, n: int, generator: torch.Generator | None, batch_size: int) -> torch.Tensor:
@@ -59,26 +50,14 @@ def best_of_n(
     Returns the top ``k`` (``select="max"``, best first) or ``k`` importance-resampled samples
     (``select="resample"``, multinomial on softmax(r / temperature)).
     """
-    if (n is None) == (max_nfe is None):
-        raise ValueError("give exactly one of n (trajectories) and max_nfe (a budget)")
-    if select not in ("max", "resample"):
-        raise ValueError(f"select must be 'max' or 'resample', got {select!r}")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    n = particles_for_budget(chain, max_nfe) if n is None else n
-    if n < 1 or k < 1 or (select == "max" and k > n):
-        raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
+    n = particle_count(chain, n, max_nfe, "n")
+    check_selection(select, k, n)
     chain = chain.with_budget(Budget(max_nfe=max_nfe))
     x = run_to_end(chain, n, generator, batch_size)
     scores = score_samples(chain, reward, x, prompts)
-    if select == "max":
-        index = torch.argsort(scores, descending=True, stable=True)[:k]
-    else:
-        log_w = scores / temperature
-        if not bool(torch.isfinite(log_w).any()):
-            raise ValueError("every sample has reward -inf: nothing to resample")
-        probs = torch.softmax(log_w, 0)
-        index = torch.multinomial(probs, k, replacement=True, generator=generator)
+    index = select_final(scores, scores / temperature, k, select, generator)
     best = x[index]
     history = [{"step": chain.steps, "max_reward": float(scores.max()), "mean_reward": float(scores.mean())}]
     return SearchResult.finish(

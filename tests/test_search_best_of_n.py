@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from counting import count_model_rows
 
 from rewards import Reward, linear_reward
 from samplers import DiscreteVPSchedule
 from samplers.analytic import GaussianMixture
-from samplers.denoiser import Denoiser
 from samplers.solvers import DPMSolverPP
 from search.best_of_n import best_of_n
 from search.chain import gaussian_mixture_chain
@@ -24,19 +24,9 @@ def schedule():
     return DiscreteVPSchedule.from_betas("scaled_linear", beta_start=0.00085, beta_end=0.012)
 
 
-class RowCounter:
-    def __init__(self, net):
-        self.net, self.rows = net, 0
-
-    def __call__(self, x, t, **kw):
-        self.rows += x.shape[0]
-        return self.net(x, t, **kw)
-
-
 def counted_chain(gmm, schedule, steps=8):
     chain = gaussian_mixture_chain(gmm, schedule, steps, DPMSolverPP(2))
-    counter = RowCounter(chain.denoiser.net)
-    chain.denoiser = Denoiser(counter, "epsilon")
+    counter = count_model_rows(chain)
     return chain, counter
 
 
@@ -90,7 +80,7 @@ def test_degenerate_rewards(gmm2, schedule):
             assert torch.equal(result.scores, torch.ones(3, dtype=F64))  # -inf particles have zero weight
         else:
             assert result.scores[0] == 1.0
-    with pytest.raises(ValueError, match="every sample has reward -inf"):
+    with pytest.raises(ValueError, match="every sample has zero weight"):
         best_of_n(chain, Constant(float("-inf")), n=3, select="resample")
     single = best_of_n(chain, Constant(0.0), n=1)
     assert single.x.shape == (1, 2)

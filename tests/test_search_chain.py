@@ -3,6 +3,7 @@ resample mid-trajectory with multistep solvers, and NFE is counted per particle 
 
 import pytest
 import torch
+from counting import count_model_rows
 
 from samplers import DiscreteVPSchedule, sample
 from samplers.analytic import GaussianMixture, make_net
@@ -24,21 +25,9 @@ def schedule():
     return DiscreteVPSchedule.from_betas("scaled_linear", beta_start=0.00085, beta_end=0.012)
 
 
-class RowCounter:
-    """Wraps a network and counts the rows it is called on: an NFE count independent of the chain's."""
-
-    def __init__(self, net):
-        self.net, self.rows = net, 0
-
-    def __call__(self, x, t, **kw):
-        self.rows += x.shape[0]
-        return self.net(x, t, **kw)
-
-
 def _counted_chain(gmm, schedule, steps, solver, budget=None):
     chain = gaussian_mixture_chain(gmm, schedule, steps, solver, budget=budget)
-    counter = RowCounter(chain.denoiser.net)
-    chain.denoiser = Denoiser(counter, "epsilon")
+    counter = count_model_rows(chain)
     return chain, counter
 
 
