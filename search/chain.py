@@ -101,6 +101,10 @@ class Chain(Protocol):
 
     def with_budget(self, budget: Budget) -> Chain: ...
 
+    def renoise(
+        self, state: ChainState, to_step: int, generator: torch.Generator | None = None
+    ) -> ChainState: ...
+
 
 class SolverChain:
     """A ``samplers`` solver run over a time grid with a denoiser, as a chain.
@@ -186,6 +190,26 @@ class SolverChain:
             except StopIteration as done:
                 return ChainState(done.value)
             out = self._evaluate(request, state.solver.cond)
+
+    def renoise(
+        self, state: ChainState, to_step: int, generator: torch.Generator | None = None
+    ) -> ChainState:
+        """Noise particles back to the earlier grid index ``to_step`` with the forward process
+        q(x_j | x_i): x_j = (alpha_j / alpha_i) x_i + sqrt(sigma_j^2 - (alpha_j / alpha_i)^2 sigma_i^2) eps
+        (Kingma et al. 2021, eq. 9; used by search over paths, Ma et al. 2025). No model call; the solver's
+        multistep history restarts."""
+        i = state.step
+        if not 0 <= to_step <= i:
+            raise ValueError(f"can only renoise to a grid index in 0..{i}, got {to_step}")
+        a_i, s_i = float(self.grid.alpha_values[i]), float(self.grid.sigma_values[i])
+        a_j, s_j = float(self.grid.alpha_values[to_step]), float(self.grid.sigma_values[to_step])
+        if a_i == 0:
+            raise ValueError("cannot renoise from alpha = 0")
+        ratio = a_j / a_i
+        std = math.sqrt(max(s_j**2 - (ratio * s_i) ** 2, 0.0))
+        eps = torch.randn(state.x.shape, generator=generator, dtype=state.x.dtype, device=state.x.device)
+        x = ratio * state.x + std * eps
+        return ChainState(SolverState(x=x, step=to_step, cond=state.solver.cond))
 
     def decode(self, x0: torch.Tensor) -> Any:
         return x0 if self._decode is None else self._decode(x0)

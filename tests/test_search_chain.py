@@ -138,3 +138,22 @@ def test_solver_chain_on_any_denoiser_with_conditioning(gmm2, schedule):
                       cond={"class_labels": torch.tensor([1, 1, 1])})  # fmt: skip
     torch.testing.assert_close(state.x, expected, rtol=0, atol=0)
     torch.testing.assert_close(chain.decode(state.x), 2 * state.x)
+
+
+def test_renoise_is_the_forward_process(gmm2, schedule):
+    """Exact marginal samples at grid index 7 renoised to index 4 have the exact marginal at 4."""
+    from samplers.state import SolverState
+
+    chain = gaussian_mixture_chain(gmm2, schedule, 10, DPMSolverPP(2))
+    g = torch.Generator().manual_seed(0)
+    x0 = gmm2.sample(200_000, generator=g)
+    a7, s7 = chain.grid.alpha_values[7], chain.grid.sigma_values[7]
+    x7 = a7 * x0 + s7 * torch.randn(x0.shape, generator=g, dtype=F64)
+    noisy = chain.renoise(ChainState(SolverState(x=x7, step=7)), 4, torch.Generator().manual_seed(1))
+    a, s = chain.grid.alpha_values[4], chain.grid.sigma_values[4]
+    assert noisy.step == 4 and noisy.solver.history == ()
+    torch.testing.assert_close(noisy.x.mean(0), a * gmm2.mean(), atol=0.02, rtol=0)
+    exact_cov = a**2 * gmm2.covariance() + s**2 * torch.eye(2, dtype=F64)
+    torch.testing.assert_close(torch.cov(noisy.x.T), exact_cov, atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="grid index in 0..4"):
+        chain.renoise(noisy, 5)
