@@ -21,6 +21,14 @@ Resampling happens at the steps ``interval`` apart inside ``window`` (as fractio
 with ``ess_threshold`` only when the effective sample size has fallen below ``ess_threshold * N``. At the end
 ``k`` particles are drawn from the final weights (or the top ``k`` by reward with ``select="max"``).
 
+Entropic annealing (Giannone et al. 2025, "Mitigating Premature Exploitation in Particle-based Monte Carlo
+for Inference-Time Scaling", entropic particle filtering): when the normalised entropy of the weights,
+H(w) / log N, falls below ``entropy_floor``, ancestors are drawn from w^beta instead, with beta in (0, 1]
+found by bisection so that H(w^beta) / log N = ``entropy_floor``; more lineages survive. Here the
+remainder w^(1 - beta) is carried on as the particles' weight, so the target stays exactly the tilted one
+(resampling from any proposal with the importance correction is still a valid SMC step); the original
+method drops it.
+
 The transitions must be stochastic (an SDE solver, eta > 0) for resampled copies to diverge again; with an
 ODE solver they stay identical. Model calls: one per particle per step (look-aheads reuse the step's model
 call, see :meth:`search.chain.SolverChain.predict`).
@@ -40,7 +48,7 @@ from .resample import effective_sample_size, get_resampler
 from .result import SearchResult, score_samples
 from .selection import check_selection, particle_count, select_final
 
-__all__ = ["POTENTIALS", "fk_steering"]
+__all__ = ["POTENTIALS", "annealing_exponent", "fk_steering", "normalised_entropy"]
 
 Potential = Literal["immediate", "difference", "max", "sum"]
 POTENTIALS = ("immediate", "difference", "max", "sum")
@@ -89,6 +97,32 @@ def _resampling_steps(steps: int, interval: int, window: tuple[float, float]) ->
     return {s for s in range(max(first, 1), min(last, steps)) if (s - max(first, 1)) % interval == 0}
 
 
+def normalised_entropy(log_weights: torch.Tensor) -> float:
+    """H(w) / log N of the normalised weights (1 = uniform, 0 = one particle holds all the weight)."""
+    n = log_weights.shape[0]
+    if n == 1:
+        return 1.0
+    log_p = log_weights - torch.logsumexp(log_weights, 0)
+    p = log_p.exp()
+    entropy = -(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum()
+    return float(entropy / math.log(n))
+
+
+def annealing_exponent(log_weights: torch.Tensor, entropy_floor: float, iterations: int = 40) -> float:
+    """The largest beta in (0, 1] with H(w^beta) / log N >= entropy_floor (1 if w already satisfies it)."""
+    if normalised_entropy(log_weights) >= entropy_floor:
+        return 1.0
+    finite = torch.isfinite(log_weights)
+    lo, hi = 0.0, 1.0  # entropy(lo) >= floor > entropy(hi); beta = 0 is uniform over the live particles
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if normalised_entropy(torch.where(finite, mid * log_weights, log_weights)) >= entropy_floor:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def fk_steering(
     chain: Chain,
     reward,
@@ -101,6 +135,7 @@ def fk_steering(
     window: tuple[float, float] = (0.0, 1.0),
     ess_threshold: float | None = None,
     resampler: str | Callable[..., torch.Tensor] = "systematic",
+    entropy_floor: float | None = None,
     k: int | None = None,
     select: Literal["resample", "max"] = "resample",
     exact: bool = True,
@@ -124,6 +159,8 @@ def fk_steering(
         raise ValueError(f"temperature must be positive, got {temperature}")
     if ess_threshold is not None and not 0 < ess_threshold <= 1:
         raise ValueError(f"ess_threshold must be in (0, 1], got {ess_threshold}")
+    if entropy_floor is not None and not 0 < entropy_floor < 1:
+        raise ValueError(f"entropy_floor must be in (0, 1), got {entropy_floor}")
     particles = particle_count(chain, particles, max_nfe)
     k = particles if k is None else k
     check_selection(select, k, particles)
@@ -150,11 +187,15 @@ def fk_steering(
         record = {"step": state.step, "ess": ess, "resampled": do_resample}
         record["max_reward"] = float(rewards.max())
         if do_resample:
-            index = resample(log_w, particles, generator)
+            beta = 1.0 if entropy_floor is None else annealing_exponent(log_w, entropy_floor)
+            tempered = torch.where(torch.isfinite(log_w), beta * log_w, log_w)  # -inf stays -inf at beta 0
+            index = resample(tempered, particles, generator)
             state = state[index]
             lineage.take(index)
-            log_w = torch.zeros_like(log_w)
+            # the part of the weight the (annealed) resampling did not use stays with the particle
+            log_w = torch.zeros_like(log_w) if beta == 1.0 else ((1.0 - beta) * log_w)[index]
             record["unique"] = int(torch.unique(index).numel())
+            record["beta"] = beta
         history.append(record)
 
     final = score_samples(chain, reward, state.x, prompts)

@@ -122,3 +122,28 @@ def test_degenerate_rewards_and_budgets(setup):
         fk_steering(chain, Scripted(0.0), particles=2, potential="product")
     top = fk_steering(chain, Scripted([3.0, 1.0, 2.0, 0.0]), particles=4, k=2, select="max")
     assert top.scores.tolist() == [3.0, 2.0]
+
+
+def test_entropic_annealing_keeps_more_lineages_and_the_exact_target(setup):
+    _, _, reward, exact, chain = setup
+    plain = fk_steering(chain, reward, particles=PARTICLES, temperature=TEMPERATURE,
+                        generator=torch.Generator().manual_seed(6))  # fmt: skip
+    annealed = fk_steering(chain, reward, particles=PARTICLES, temperature=TEMPERATURE, entropy_floor=0.97,
+                           generator=torch.Generator().manual_seed(6))  # fmt: skip
+    betas = [h["beta"] for h in annealed.history if "beta" in h]
+    assert min(betas) < 1.0  # annealing was needed at some step
+    unique = [h["unique"] for h in annealed.history if "unique" in h]
+    assert sum(unique) > sum(h["unique"] for h in plain.history if "unique" in h)
+    assert sw(annealed.x, exact) < SW_TOLERANCE
+
+
+def test_annealing_exponent_reaches_the_entropy_floor():
+    from search.fk_smc import annealing_exponent, normalised_entropy
+
+    log_w = torch.tensor([0.0, -1.0, -8.0, -20.0, float("-inf")], dtype=F64)
+    beta = annealing_exponent(log_w, 0.8)
+    assert 0 < beta < 1
+    tempered = torch.where(torch.isfinite(log_w), beta * log_w, log_w)
+    assert normalised_entropy(tempered) == pytest.approx(0.8, abs=1e-6)
+    assert annealing_exponent(torch.zeros(4, dtype=F64), 0.9) == 1.0
+    assert normalised_entropy(torch.zeros(7, dtype=F64)) == pytest.approx(1.0)
