@@ -59,13 +59,15 @@ def methods(ode, sde) -> dict[str, Callable]:
     }
 
 
-def run(seeds: int) -> tuple[dict[str, dict[int, list[float]]], dict[str, int]]:
+def run(
+    seeds: int, budgets: tuple[int, ...] = BUDGETS
+) -> tuple[dict[str, dict[int, list[float]]], dict[str, int]]:
     reward, ode, sde = problem()
     results: dict[str, dict[int, list[float]]] = {}
     spent: dict[str, int] = {}
     for name, method in methods(ode, sde).items():
         results[name] = {}
-        for budget in BUDGETS:
+        for budget in budgets:
             best = []
             for seed in range(seeds):
                 result = method(reward, budget, torch.Generator().manual_seed(seed))
@@ -77,8 +79,9 @@ def run(seeds: int) -> tuple[dict[str, dict[int, list[float]]], dict[str, int]]:
 
 
 def table(results: dict[str, dict[int, list[float]]]) -> str:
-    header = "| method | " + " | ".join(f"NFE {b}" for b in BUDGETS) + " |"
-    rows = [header, "|---" * (len(BUDGETS) + 1) + "|"]
+    budgets = list(next(iter(results.values())))
+    header = "| method | " + " | ".join(f"NFE {b}" for b in budgets) + " |"
+    rows = [header, "|---" * (len(budgets) + 1) + "|"]
     for name, by_budget in results.items():
         cells = [f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" for v in by_budget.values()]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
