@@ -1,14 +1,18 @@
-"""Inference-time search over denoising chains: best-of-N, Feynman-Kac steering (SMC), resamplers.
+"""Inference-time search over denoising chains: best-of-N, zero-order search over the initial noise, search
+over paths, beam search, Feynman-Kac steering (SMC), resamplers.
 
 Every method takes a chain (:mod:`search.chain`), a reward (:mod:`rewards`) and a budget, and returns a
 :class:`~search.result.SearchResult` with NFE counted per particle the same way for all methods.
 """
 
+from .beam import beam_search, beam_search_nfe, branching_steps
 from .best_of_n import best_of_n
 from .budget import Budget, BudgetExceeded
 from .chain import Chain, ChainState, SolverChain, gaussian_mixture_chain
 from .fk_smc import POTENTIALS, fk_steering
 from .metrics import sliced_wasserstein
+from .noise_search import NEIGHBOURHOODS, advance, pcn_neighbours, sphere_neighbours, zero_order_search
+from .path_search import path_cost, path_schedule, path_search
 from .resample import (
     RESAMPLERS,
     effective_sample_size,
@@ -22,6 +26,17 @@ from .resample import (
 from .result import SearchResult, score_samples
 
 __all__ = [
+    "NEIGHBOURHOODS",
+    "advance",
+    "beam_search",
+    "beam_search_nfe",
+    "branching_steps",
+    "path_cost",
+    "path_schedule",
+    "path_search",
+    "pcn_neighbours",
+    "sphere_neighbours",
+    "zero_order_search",
     "POTENTIALS",
     "RESAMPLERS",
     "Budget",

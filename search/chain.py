@@ -99,6 +99,8 @@ class Chain(Protocol):
 
     def trajectory_nfe(self) -> int: ...
 
+    def segment_nfe(self, first: int, stop: int) -> int: ...
+
     def with_budget(self, budget: Budget) -> Chain: ...
 
     def renoise(
@@ -148,6 +150,10 @@ class SolverChain:
     def trajectory_nfe(self) -> int:
         """Model calls one particle costs from prior to the end."""
         return self.solver.evaluations(self.grid)
+
+    def segment_nfe(self, first: int, stop: int) -> int:
+        """Model calls one particle costs for the steps from grid index ``first`` up to ``stop``."""
+        return sum(len(self.solver.step_evaluations(i, self.grid)) for i in range(first, stop))
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> ChainState:
         """n particles at grid index 0, from the chain's prior."""

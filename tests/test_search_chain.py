@@ -42,7 +42,7 @@ def test_chain_run_equals_the_sampler_and_counts_nfe_per_particle(gmm2, schedule
     expected = sample(chain.denoiser, x_T, chain.grid, solver)
     torch.testing.assert_close(state.x, expected, rtol=0, atol=0)
     assert chain.budget.nfe == counter.rows - 5 * solver.evaluations(chain.grid)  # sample() also called it
-    assert chain.budget.nfe == 5 * chain.trajectory_nfe()
+    assert chain.budget.nfe == 5 * chain.trajectory_nfe() == 5 * chain.segment_nfe(0, chain.steps)
 
 
 def test_predict_is_cached_and_reused_by_step(gmm2, schedule):
