@@ -4,10 +4,10 @@ Writes ``docs/benchmarks/search.md`` (a table: mean and standard deviation of th
 each budget) and ``docs/benchmarks/search.png`` (the curves). NFE is what each method's chain was charged,
 per particle, the same way for every method; the budget is a hard cap (``Budget.max_nfe``).
 
-Target: a 2-D mixture of three Gaussians; reward r(x) = -|x - b|^2 with b placed between modes, where the
-model puts little mass, so finding high reward needs search. ODE methods (best-of-N, zero-order, paths)
-use DPM-Solver++(2M); particle methods (beam, FK steering) the SDE variant (eta = 1); 20 steps each; every
-method with its default settings (FK steering: temperature 0.1, returning its best particle).
+Target: a 16-dimensional mixture of three Gaussians; reward r(x) = -|x - b|^2 with b placed between modes,
+where the model puts little mass, so finding high reward needs search. ODE methods (best-of-N, zero-order,
+paths) use DPM-Solver++(2M); particle methods (beam, FK steering) the SDE variant (eta = 1); 20 steps
+each; every method with its default settings (FK steering: temperature 0.1, returning its best particle).
 
 Run: ``.venv/bin/pip install -e '.[bench]' && .venv/bin/python scripts/bench_search.py``.
 """
@@ -40,15 +40,16 @@ from search import (  # noqa: E402
 )
 
 STEPS = 20
+DIM = 16
 BUDGETS = (200, 400, 800, 1600, 3200, 6400)
 F64 = torch.float64
 
 
 def problem():
-    gmm = GaussianMixture.random(dim=2, n_components=3, n_classes=1, seed=1)
+    gmm = GaussianMixture.random(dim=DIM, n_components=3, n_classes=1, seed=1)
     schedule = DiscreteVPSchedule.from_betas("scaled_linear", beta_start=0.00085, beta_end=0.012)
     target = 0.5 * (gmm.means[0] + gmm.means[1])  # between two modes
-    reward = least_squares_reward(torch.eye(2, dtype=F64), target)
+    reward = least_squares_reward(torch.eye(DIM, dtype=F64), target)
     ode = gaussian_mixture_chain(gmm, schedule, STEPS, DPMSolverPP(2))
     sde = gaussian_mixture_chain(gmm, schedule, STEPS, SDEDPMSolverPP(2, eta=1.0))
     return reward, ode, sde
@@ -124,6 +125,9 @@ def plot(results: dict[str, dict[int, list[float]]], path: Path) -> None:
         errs = [statistics.stdev(v) for v in points.values()]
         ax.errorbar(list(points), means, yerr=errs, marker="o", capsize=3, label=name)
     ax.set_xscale("log")
+    budgets = sorted({b for by_budget in results.values() for b in by_budget})
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
     ax.set_xlabel("NFE (model calls, per particle, summed)")
     ax.set_ylabel("best reward found  (-|x - b|^2)")
     ax.set_title("Search on the analytic Gaussian mixture")
@@ -147,7 +151,7 @@ def main() -> None:
         "# Search: best reward found vs NFE",
         "",
         f"Written by `scripts/bench_search.py` ({args.seeds} seeds, {time.perf_counter() - start:.0f} s). "
-        + __doc__.split("\n\n")[1].replace("\n", " "),
+        + __doc__.split("\n\n")[2].replace("\n", " "),
         "",
         "Mean ± standard deviation over seeds of the best reward among the samples each method scored at the "
         "end (0 is the maximum, reached at x = b); — where the budget pays for less than one of the method's "
