@@ -57,7 +57,7 @@ import torch
 from .budget import Budget
 from .chain import Chain, ChainState, SolverChain
 from .result import SearchResult, score_samples
-from .selection import check_selection, select_final
+from .selection import check_selection, particle_count, select_final
 
 __all__ = ["beam_search", "beam_search_nfe", "branching_steps"]
 
@@ -93,21 +93,6 @@ def beam_search_nfe(chain: Chain, beams: int, children: int, interval: int = 1) 
     """Model calls (per particle) :func:`beam_search` spends on ``chain``: B * (steps + (M - 1) * |S|)."""
     _check_chain(chain, allow_deterministic=True)
     return beams * _cost_per_beam(chain.steps, children, interval)
-
-
-def _beam_count(beams: int | None, max_nfe: int | None, per_beam: int) -> int:
-    """``beams`` as given, or as many as ``max_nfe`` pays for at ``per_beam`` NFE each (exactly one given)."""
-    if (beams is None) == (max_nfe is None):
-        raise ValueError("give exactly one of beams and max_nfe")
-    if beams is None:
-        if max_nfe < per_beam:
-            raise ValueError(
-                f"a budget of {max_nfe} NFE is smaller than one beam with its children ({per_beam} NFE)"
-            )
-        beams = max_nfe // per_beam
-    if beams < 1:
-        raise ValueError(f"need at least one beam, got {beams}")
-    return beams
 
 
 def _branch(
@@ -160,7 +145,8 @@ def beam_search(
     rewards of all B beams.
     """
     _check_chain(chain, allow_deterministic)
-    beams = _beam_count(beams, max_nfe, _cost_per_beam(chain.steps, children, interval))
+    per_beam = _cost_per_beam(chain.steps, children, interval)
+    beams = particle_count(chain, beams, max_nfe, "beams", per_beam, "beam with its children")
     check_selection("max", k, beams)
     chain = chain.with_budget(Budget(max_nfe=max_nfe))
     branch_at = set(branching_steps(chain.steps, interval))

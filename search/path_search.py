@@ -44,7 +44,7 @@ from .budget import Budget
 from .chain import Chain, ChainState
 from .noise_search import advance
 from .result import SearchResult, score_samples
-from .selection import check_selection, select_final
+from .selection import check_selection, particle_count, select_final
 
 __all__ = ["path_cost", "path_schedule", "path_search"]
 
@@ -111,15 +111,8 @@ def path_search(
     rounds = path_schedule(chain.steps, start, back, forward)
     if branches < 1:
         raise ValueError(f"need at least one branch per path, got {branches}")
-    if (paths is None) == (max_nfe is None):
-        raise ValueError("give exactly one of paths and max_nfe")
-    if paths is None:
-        cost = path_cost(chain, branches, start, back, forward)
-        if max_nfe < cost:
-            raise ValueError(f"a budget of {max_nfe} NFE is smaller than one path ({cost} NFE per path)")
-        paths = max_nfe // cost
-    if paths < 1:
-        raise ValueError(f"need at least one path, got {paths}")
+    per_path = path_cost(chain, branches, start, back, forward)
+    paths = particle_count(chain, paths, max_nfe, "paths", per_path, "path")
     check_selection("max", k, paths)
     chain = chain.with_budget(Budget(max_nfe=max_nfe))
 

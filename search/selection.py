@@ -12,22 +12,28 @@ from .resample import multinomial
 __all__ = ["check_selection", "particle_count", "select_final"]
 
 
-def particle_count(chain: Chain, particles: int | None, max_nfe: int | None, name: str = "particles") -> int:
-    """``particles`` as given, or as many full trajectories as ``max_nfe`` pays for (exactly one is given).
+def particle_count(
+    chain: Chain,
+    particles: int | None,
+    max_nfe: int | None,
+    name: str = "particles",
+    cost: int | None = None,
+    unit: str = "trajectory",
+) -> int:
+    """``particles`` as given, or as many units (each costing ``cost`` NFE, by default one full trajectory)
+    as ``max_nfe`` pays for; exactly one of the two is given.
 
-    Raises ValueError when neither or both are given, when the budget is smaller than one trajectory, and
-    for fewer than one particle."""
+    Raises ValueError when neither or both are given, when the budget is smaller than one unit, and for
+    fewer than one particle."""
     if (particles is None) == (max_nfe is None):
         raise ValueError(f"give exactly one of {name} and max_nfe")
     if particles is None:
-        cost = chain.trajectory_nfe()
+        cost = chain.trajectory_nfe() if cost is None else cost
         if max_nfe < cost:
-            raise ValueError(
-                f"a budget of {max_nfe} NFE is smaller than one trajectory ({cost} NFE per particle)"
-            )
+            raise ValueError(f"a budget of {max_nfe} NFE is smaller than one {unit} ({cost} NFE)")
         particles = max_nfe // cost
     if particles < 1:
-        raise ValueError(f"need at least one particle, got {particles}")
+        raise ValueError(f"need at least one of {name}, got {particles}")
     return particles
 
 

@@ -5,23 +5,11 @@ import torch
 from counting import count_model_rows
 
 from rewards import Reward, linear_reward
-from samplers import DiscreteVPSchedule
-from samplers.analytic import GaussianMixture
 from samplers.solvers import DPMSolverPP
 from search.best_of_n import best_of_n
 from search.chain import gaussian_mixture_chain
 
 F64 = torch.float64
-
-
-@pytest.fixture(scope="module")
-def gmm2() -> GaussianMixture:
-    return GaussianMixture.random(dim=2, n_components=3, n_classes=1, seed=1)
-
-
-@pytest.fixture(scope="module")
-def schedule():
-    return DiscreteVPSchedule.from_betas("scaled_linear", beta_start=0.00085, beta_end=0.012)
 
 
 def counted_chain(gmm, schedule, steps=8):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from counting import count_model_rows
 
-from samplers import DiscreteVPSchedule, sample
+from samplers import sample
 from samplers.analytic import GaussianMixture, make_net
 from samplers.denoiser import Denoiser
 from samplers.solvers import DPMSolverPP, SDEDPMSolverPP, UniPC
@@ -13,16 +13,6 @@ from search.budget import Budget, BudgetExceeded
 from search.chain import ChainState, SolverChain, gaussian_mixture_chain
 
 F64 = torch.float64
-
-
-@pytest.fixture(scope="module")
-def gmm2() -> GaussianMixture:
-    return GaussianMixture.random(dim=2, n_components=3, n_classes=1, seed=1)
-
-
-@pytest.fixture(scope="module")
-def schedule():
-    return DiscreteVPSchedule.from_betas("scaled_linear", beta_start=0.00085, beta_end=0.012)
 
 
 def _counted_chain(gmm, schedule, steps, solver, budget=None):

@@ -8,8 +8,6 @@ import torch
 from counting import count_model_rows
 
 from rewards import Reward, linear_reward
-from samplers import DiscreteVPSchedule
-from samplers.analytic import GaussianMixture
 from samplers.solvers import DPMSolver, DPMSolverPP
 from search.best_of_n import best_of_n
 from search.chain import gaussian_mixture_chain
@@ -21,16 +19,6 @@ STEPS = 10
 BUDGET = 400  # 40 trajectories of 10 NFE
 SEEDS = range(8)
 PATHS = {"start": 2, "back": 1, "forward": 2, "branches": 4}
-
-
-@pytest.fixture(scope="module")
-def gmm2() -> GaussianMixture:
-    return GaussianMixture.random(dim=2, n_components=3, n_classes=1, seed=1)
-
-
-@pytest.fixture(scope="module")
-def schedule():
-    return DiscreteVPSchedule.from_betas("scaled_linear", beta_start=0.00085, beta_end=0.012)
 
 
 @pytest.fixture(scope="module")
