@@ -10,6 +10,7 @@ from .best_of_n import best_of_n
 from .budget import Budget, BudgetExceeded
 from .chain import Chain, ChainState, SolverChain, gaussian_mixture_chain
 from .fk_smc import POTENTIALS, fk_steering
+from .lookahead import TWEEDIE, Lookahead, lookahead_scores
 from .metrics import sliced_wasserstein
 from .noise_search import NEIGHBOURHOODS, advance, pcn_neighbours, sphere_neighbours, zero_order_search
 from .path_search import path_cost, path_schedule, path_search
@@ -26,6 +27,9 @@ from .resample import (
 from .result import SearchResult, score_samples
 
 __all__ = [
+    "TWEEDIE",
+    "Lookahead",
+    "lookahead_scores",
     "NEIGHBOURHOODS",
     "advance",
     "beam_search",

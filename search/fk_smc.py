@@ -44,6 +44,7 @@ import torch
 
 from .budget import Budget
 from .chain import Chain
+from .lookahead import TWEEDIE, Lookahead, lookahead_scores
 from .resample import effective_sample_size, get_resampler
 from .result import SearchResult, score_samples
 from .selection import check_selection, particle_count, select_final
@@ -136,6 +137,7 @@ def fk_steering(
     ess_threshold: float | None = None,
     resampler: str | Callable[..., torch.Tensor] = "systematic",
     entropy_floor: float | None = None,
+    lookahead: Lookahead = TWEEDIE,
     k: int | None = None,
     select: Literal["resample", "max"] = "resample",
     exact: bool = True,
@@ -146,6 +148,9 @@ def fk_steering(
 
     Returns ``k`` samples (default: ``particles``) drawn from the final weights (``select="resample"``: an
     approximate sample of the tilted target) or the top ``k`` by reward (``select="max"``).
+
+    ``lookahead`` sets how intermediate states are scored (:mod:`search.lookahead`): r(x̂0) by default,
+    or a log-space average over several x0 draws around x̂0.
 
     ``exact=True`` applies the final correction that makes every potential target p exp(r / temperature).
     Only ``difference`` keeps that correction's variance low: for ``immediate``, ``max`` and ``sum`` it
@@ -178,7 +183,7 @@ def fk_steering(
         if state.step not in at:
             continue
         state, x0 = chain.predict(state)
-        rewards = score_samples(chain, reward, x0, prompts)
+        rewards = lookahead_scores(chain, reward, state, x0, lookahead, lam, prompts, generator)
         log_w = log_w + lineage.potential(potential, rewards, lam)
         if not bool(torch.isfinite(log_w).any()):
             raise ValueError(f"every particle has zero weight at step {state.step} (all rewards -inf)")
