@@ -4,10 +4,11 @@ Writes ``docs/benchmarks/search.md`` (a table: mean and standard deviation of th
 each budget) and ``docs/benchmarks/search.png`` (the curves). NFE is what each method's chain was charged,
 per particle, the same way for every method; the budget is a hard cap (``Budget.max_nfe``).
 
-Target: a 16-dimensional mixture of three Gaussians; reward r(x) = -|x - b|^2 with b placed between modes,
-where the model puts little mass, so finding high reward needs search. ODE methods (best-of-N, zero-order,
-paths) use DPM-Solver++(2M); particle methods (beam, FK steering) the SDE variant (eta = 1); 20 steps
-each; every method with its default settings (FK steering: temperature 0.1, returning its best particle).
+Targets: 2- and 16-dimensional mixtures of three Gaussians (the 2-D one is the mixture of the exactness
+tests); reward r(x) = -|x - b|^2 with b between two modes, where the model puts little mass, so finding high
+reward needs search. ODE methods (best-of-N, zero-order, paths) use DPM-Solver++(2M); particle methods
+(beam, FK steering) the SDE variant (eta = 1); 20 steps each; every method with its default settings (FK
+steering: temperature 0.1, returning its best particle).
 
 Run: ``.venv/bin/pip install -e '.[bench]' && .venv/bin/python scripts/bench_search.py``.
 """
@@ -40,16 +41,16 @@ from search import (  # noqa: E402
 )
 
 STEPS = 20
-DIM = 16
+DIMS = (2, 16)
 BUDGETS = (200, 400, 800, 1600, 3200, 6400)
 F64 = torch.float64
 
 
-def problem():
-    gmm = GaussianMixture.random(dim=DIM, n_components=3, n_classes=1, seed=1)
+def problem(dim: int = 16):
+    gmm = GaussianMixture.random(dim=dim, n_components=3, n_classes=1, seed=1)
     schedule = DiscreteVPSchedule.from_betas("scaled_linear", beta_start=0.00085, beta_end=0.012)
     target = 0.5 * (gmm.means[0] + gmm.means[1])  # between two modes
-    reward = least_squares_reward(torch.eye(DIM, dtype=F64), target)
+    reward = least_squares_reward(torch.eye(dim, dtype=F64), target)
     ode = gaussian_mixture_chain(gmm, schedule, STEPS, DPMSolverPP(2))
     sde = gaussian_mixture_chain(gmm, schedule, STEPS, SDEDPMSolverPP(2, eta=1.0))
     return reward, ode, sde
@@ -75,9 +76,9 @@ def methods(ode, sde) -> dict[str, Callable]:
 
 
 def run(
-    seeds: int, budgets: tuple[int, ...] = BUDGETS
+    seeds: int, budgets: tuple[int, ...] = BUDGETS, dim: int = 16
 ) -> tuple[dict[str, dict[int, list[float]]], dict[str, int]]:
-    reward, ode, sde = problem()
+    reward, ode, sde = problem(dim)
     results: dict[str, dict[int, list[float]]] = {}
     spent: dict[str, int] = {}
     for name, method in methods(ode, sde).items():
@@ -112,28 +113,29 @@ def table(results: dict[str, dict[int, list[float]]]) -> str:
     return "\n".join(rows)
 
 
-def plot(results: dict[str, dict[int, list[float]]], path: Path) -> None:
+def plot(by_dim: dict[int, dict[str, dict[int, list[float]]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, by_budget in results.items():
-        points = {b: v for b, v in by_budget.items() if v}
-        means = [statistics.mean(v) for v in points.values()]
-        errs = [statistics.stdev(v) for v in points.values()]
-        ax.errorbar(list(points), means, yerr=errs, marker="o", capsize=3, label=name)
-    ax.set_xscale("log")
-    budgets = sorted({b for by_budget in results.values() for b in by_budget})
-    ax.set_xticks(budgets, [str(b) for b in budgets])
-    ax.minorticks_off()
-    ax.set_xlabel("NFE (model calls, per particle, summed)")
-    ax.set_ylabel("best reward found  (-|x - b|^2)")
-    ax.set_title("Search on the analytic Gaussian mixture")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(by_dim), figsize=(6.5 * len(by_dim), 4.5), squeeze=False)
+    for ax, (dim, results) in zip(axes[0], by_dim.items()):
+        for name, by_budget in results.items():
+            points = {b: v for b, v in by_budget.items() if v}
+            means = [statistics.mean(v) for v in points.values()]
+            errs = [statistics.stdev(v) for v in points.values()]
+            ax.errorbar(list(points), means, yerr=errs, marker="o", capsize=3, label=name)
+        ax.set_xscale("log")
+        budgets = sorted({b for by_budget in results.values() for b in by_budget})
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
+        ax.set_xlabel("NFE (model calls, per particle, summed)")
+        ax.set_ylabel("best reward found  (-|x - b|^2)")
+        ax.set_title(f"{dim}-dimensional Gaussian mixture")
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -141,12 +143,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     args = parser.parse_args()
     start = time.perf_counter()
-    results, _ = run(args.seeds)
-    text = table(results)
-    print(text)
+    by_dim = {dim: run(args.seeds, dim=dim)[0] for dim in DIMS}
     out = ROOT / "docs" / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
-    plot(results, out / "search.png")
+    plot(by_dim, out / "search.png")
     lines = [
         "# Search: best reward found vs NFE",
         "",
@@ -157,11 +157,12 @@ def main() -> None:
         "end (0 is the maximum, reached at x = b); — where the budget pays for less than one of the method's "
         "units (a path of search over paths).",
         "",
-        text,
-        "",
-        "![best reward vs NFE](search.png)",
-        "",
     ]
+    for dim, results in by_dim.items():
+        text = table(results)
+        print(f"{dim}-dimensional mixture\n{text}")
+        lines += [f"## {dim}-dimensional mixture", "", text, ""]
+    lines += ["![best reward vs NFE](search.png)", ""]
     (out / "search.md").write_text("\n".join(lines))
     print(f"wrote {out / 'search.md'} and {out / 'search.png'}")
 
