@@ -147,3 +147,19 @@ def test_annealing_exponent_reaches_the_entropy_floor():
     assert normalised_entropy(tempered) == pytest.approx(0.8, abs=1e-6)
     assert annealing_exponent(torch.zeros(4, dtype=F64), 0.9) == 1.0
     assert normalised_entropy(torch.zeros(7, dtype=F64)) == pytest.approx(1.0)
+
+
+def test_smc_on_a_flow_matching_model_through_its_sde(gmm2):
+    """A flow-matching model (alpha = 1 - t, sigma = t, SD3 shift 3, velocity prediction) sampled with the SDE
+    that has its marginals (the flow -> SDE conversion: SDE-DPM-Solver++ on the same alpha, sigma) is
+    steered to the tilted target just as a VP model is."""
+    from samplers import FlowMatchingSchedule
+
+    reward = linear_reward(torch.tensor([0.8, -0.6], dtype=F64))
+    tilted, _ = gmm2.tilted(reward.precision, reward.shift, temperature=TEMPERATURE)
+    exact = tilted.sample(PARTICLES, generator=torch.Generator().manual_seed(9))
+    chain = gaussian_mixture_chain(gmm2, FlowMatchingSchedule(shift=3.0), 80, SDEDPMSolverPP(2, eta=1.0),
+                                   grid_kind="uniform_t", prediction_type="flow", t_start=0.999)  # fmt: skip
+    smc = fk_steering(chain, reward, particles=PARTICLES, temperature=TEMPERATURE, ess_threshold=0.5,
+                      generator=torch.Generator().manual_seed(1))  # fmt: skip
+    assert sw(smc.x, exact) < SW_TOLERANCE
