@@ -1,5 +1,5 @@
 """Inference-time search over denoising chains: best-of-N, zero-order search over the initial noise, search
-over paths, beam search, Feynman-Kac steering (SMC), resamplers.
+over paths, beam search, Feynman-Kac steering (SMC), reward-based noise optimisation, resamplers.
 
 Every method takes a chain (:mod:`search.chain`), a reward (:mod:`rewards`) and a budget, and returns a
 :class:`~search.result.SearchResult` with NFE counted per particle the same way for all methods.
@@ -12,6 +12,7 @@ from .chain import Chain, ChainState, SolverChain, gaussian_mixture_chain
 from .fk_smc import POTENTIALS, fk_steering
 from .lookahead import TWEEDIE, Lookahead, lookahead_scores
 from .metrics import sliced_wasserstein
+from .noise_optimisation import chi_log_density, noise_optimisation
 from .noise_search import NEIGHBOURHOODS, advance, pcn_neighbours, sphere_neighbours, zero_order_search
 from .path_search import path_cost, path_schedule, path_search
 from .resample import (
@@ -27,6 +28,8 @@ from .resample import (
 from .result import SearchResult, score_samples
 
 __all__ = [
+    "chi_log_density",
+    "noise_optimisation",
     "TWEEDIE",
     "Lookahead",
     "lookahead_scores",

@@ -162,8 +162,18 @@ class SolverChain:
         if self._prior is not None:
             x = self._prior(n, generator).to(dtype=self.dtype, device=self.device)
         else:
-            scale = math.hypot(float(self.grid.alpha_values[0]), float(self.grid.sigma_values[0]))
-            x = torch.randn(n, *self.shape, generator=generator, dtype=self.dtype, device=self.device) * scale
+            x = torch.randn(n, *self.shape, generator=generator, dtype=self.dtype, device=self.device)
+            x = x * self.noise_scale
+        return self.start(x)
+
+    @property
+    def noise_scale(self) -> float:
+        """sqrt(alpha^2 + sigma^2) at the first grid point: x_T = noise_scale * eps for standard noise eps."""
+        return math.hypot(float(self.grid.alpha_values[0]), float(self.grid.sigma_values[0]))
+
+    def start(self, x: torch.Tensor) -> ChainState:
+        """Particles at grid index 0 from given starting samples x (e.g. optimised noise)."""
+        n = x.shape[0]
         cond = {k: v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v for k, v in self.cond.items()}
         return ChainState(self.solver.init(x, self.grid, cond))
 
