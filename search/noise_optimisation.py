@@ -31,6 +31,7 @@ import torch
 from .budget import Budget
 from .chain import SolverChain
 from .result import SearchResult
+from .selection import select_final
 
 __all__ = ["chi_log_density", "noise_optimisation"]
 
@@ -122,7 +123,7 @@ def noise_optimisation(
             }
         )
     x, all_scores = torch.cat(seen_x), torch.cat(seen_scores)
-    index = torch.argsort(all_scores, descending=True, stable=True)[:k]
+    index = select_final(all_scores, all_scores, k, "max")
     best = x[index]
     return SearchResult.finish(
         chain.budget,
