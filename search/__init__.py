@@ -1,5 +1,6 @@
 """Inference-time search over denoising chains: best-of-N, zero-order search over the initial noise, search
-over paths, beam search, Feynman-Kac steering (SMC), reward-based noise optimisation, resamplers.
+over paths, beam search, Feynman-Kac steering (SMC), Diffusion Tree Sampling, EvoSearch, reward-based noise
+optimisation, resamplers.
 
 Every method takes a chain (:mod:`search.chain`), a reward (:mod:`rewards`) and a budget, and returns a
 :class:`~search.result.SearchResult` with NFE counted per particle the same way for all methods.
@@ -9,6 +10,15 @@ from .beam import beam_search, beam_search_nfe, branching_steps
 from .best_of_n import best_of_n
 from .budget import Budget, BudgetExceeded
 from .chain import Chain, ChainState, SolverChain, gaussian_mixture_chain
+from .evolution import (
+    elite_indices,
+    evo_search,
+    evo_search_nfe,
+    evolution_schedule,
+    mutate_noise,
+    mutate_state,
+    tournament_select,
+)
 from .fk_smc import POTENTIALS, fk_steering
 from .lookahead import TWEEDIE, Lookahead, lookahead_scores
 from .metrics import sliced_wasserstein
@@ -26,8 +36,19 @@ from .resample import (
     systematic,
 )
 from .result import SearchResult, score_samples
+from .tree import TreeNode, diffusion_tree_sampling, soft_value
 
 __all__ = [
+    "TreeNode",
+    "diffusion_tree_sampling",
+    "soft_value",
+    "elite_indices",
+    "evo_search",
+    "evo_search_nfe",
+    "evolution_schedule",
+    "mutate_noise",
+    "mutate_state",
+    "tournament_select",
     "chi_log_density",
     "noise_optimisation",
     "TWEEDIE",

@@ -59,7 +59,7 @@ import torch
 from .budget import Budget
 from .chain import Chain, ChainState
 from .result import SearchResult, score_samples
-from .selection import check_selection, particle_count, select_final
+from .selection import TopK, check_selection, particle_count
 
 __all__ = ["NEIGHBOURHOODS", "advance", "pcn_neighbours", "sphere_neighbours", "zero_order_search"]
 
@@ -128,25 +128,6 @@ def _candidates(
     return ChainState(replace(fresh.solver, x=x))
 
 
-class _TopK:
-    """The ``k`` best samples scored so far, best first."""
-
-    def __init__(self, k: int):
-        self.k = k
-        self.x: torch.Tensor | None = None
-        self.scores: torch.Tensor | None = None
-
-    def add(self, x: torch.Tensor, scores: torch.Tensor) -> None:
-        if self.x is not None:
-            x, scores = torch.cat([self.x, x]), torch.cat([self.scores, scores])
-        index = select_final(scores, scores, min(self.k, scores.shape[0]), "max")
-        self.x, self.scores = x[index], scores[index]
-
-    @property
-    def best(self) -> float:
-        return float(self.scores[0])
-
-
 def zero_order_search(
     chain: Chain,
     reward,
@@ -201,7 +182,7 @@ def zero_order_search(
         all_scores.append(scores)
         return scores
 
-    top, all_scores = _TopK(k), []
+    top, all_scores = TopK(k), []
     pivot = chain.prior(1, generator)
     pivot_reward = float(evaluate(pivot)[0])
     history = [{"iteration": 0, "pivot_reward": pivot_reward, "best_reward": pivot_reward, "moved": False,

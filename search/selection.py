@@ -9,7 +9,7 @@ import torch
 from .chain import Chain
 from .resample import multinomial
 
-__all__ = ["check_selection", "particle_count", "select_final"]
+__all__ = ["TopK", "check_selection", "particle_count", "select_final"]
 
 
 def particle_count(
@@ -62,3 +62,22 @@ def select_final(
     if not bool(torch.isfinite(log_weights).any()):
         raise ValueError("every sample has zero weight (reward -inf): nothing to resample")
     return resampler(log_weights, k, generator)
+
+
+class TopK:
+    """The ``k`` best samples scored so far, best first."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.x: torch.Tensor | None = None
+        self.scores: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor, scores: torch.Tensor) -> None:
+        if self.x is not None:
+            x, scores = torch.cat([self.x, x]), torch.cat([self.scores, scores])
+        index = select_final(scores, scores, min(self.k, scores.shape[0]), "max")
+        self.x, self.scores = x[index], scores[index]
+
+    @property
+    def best(self) -> float:
+        return float(self.scores[0])
