@@ -167,11 +167,4 @@ def beam_search(
     )
     index = select_final(final, final, k, "max")
     best = state.x[index]
-    return SearchResult.finish(
-        chain.budget,
-        x=best,
-        samples=chain.decode(best),
-        scores=final[index],
-        all_scores=final,
-        history=history,
-    )
+    return SearchResult.finish(chain, best, final[index], final, history)

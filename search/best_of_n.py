@@ -60,11 +60,4 @@ def best_of_n(
     index = select_final(scores, scores / temperature, k, select, generator)
     best = x[index]
     history = [{"step": chain.steps, "max_reward": float(scores.max()), "mean_reward": float(scores.mean())}]
-    return SearchResult.finish(
-        chain.budget,
-        x=best,
-        samples=chain.decode(best),
-        scores=scores[index],
-        all_scores=scores,
-        history=history,
-    )
+    return SearchResult.finish(chain, best, scores[index], scores, history)

@@ -305,11 +305,4 @@ def evo_search(
                         "children": size if g == 0 else size - elite, "best_reward": top.best,
                         "max_reward": float(pop.scores.max()),
                         "mean_reward": float(pop.scores.mean()), "nfe": chain.budget.nfe})  # fmt: skip
-    return SearchResult.finish(
-        chain.budget,
-        x=top.x,
-        samples=chain.decode(top.x),
-        scores=top.scores,
-        all_scores=torch.cat(all_scores),
-        history=history,
-    )
+    return SearchResult.finish(chain, top.x, top.scores, torch.cat(all_scores), history)

@@ -213,11 +213,4 @@ def fk_steering(
     history.append({"step": chain.steps, "ess": ess, "max_reward": float(final.max())})
     index = select_final(final, log_w, k, select, generator, resample)
     best = state.x[index]
-    return SearchResult.finish(
-        chain.budget,
-        x=best,
-        samples=chain.decode(best),
-        scores=final[index],
-        all_scores=final,
-        history=history,
-    )
+    return SearchResult.finish(chain, best, final[index], final, history)

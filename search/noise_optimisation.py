@@ -125,11 +125,4 @@ def noise_optimisation(
     x, all_scores = torch.cat(seen_x), torch.cat(seen_scores)
     index = select_final(all_scores, all_scores, k, "max")
     best = x[index]
-    return SearchResult.finish(
-        chain.budget,
-        x=best,
-        samples=chain.decode(best),
-        scores=all_scores[index],
-        all_scores=all_scores,
-        history=history,
-    )
+    return SearchResult.finish(chain, best, all_scores[index], all_scores, history)

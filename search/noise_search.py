@@ -202,11 +202,4 @@ def zero_order_search(
         stale = 0 if moved else stale + 1
         history.append({"iteration": iteration, "pivot_reward": pivot_reward, "best_reward": top.best,
                         "moved": moved, "restarted": restart})  # fmt: skip
-    return SearchResult.finish(
-        chain.budget,
-        x=top.x,
-        samples=chain.decode(top.x),
-        scores=top.scores,
-        all_scores=torch.cat(all_scores),
-        history=history,
-    )
+    return SearchResult.finish(chain, top.x, top.scores, torch.cat(all_scores), history)

@@ -130,11 +130,4 @@ def path_search(
                         "mean_reward": float(scores.mean())})  # fmt: skip
     index = select_final(kept, kept, k, "max")
     best = state.x[index]
-    return SearchResult.finish(
-        chain.budget,
-        x=best,
-        samples=chain.decode(best),
-        scores=kept[index],
-        all_scores=kept,
-        history=history,
-    )
+    return SearchResult.finish(chain, best, kept[index], kept, history)

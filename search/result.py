@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from .budget import Budget
 from .chain import Chain
 
 __all__ = ["SearchResult", "score_samples"]
@@ -37,8 +36,26 @@ class SearchResult:
     seconds: float = 0.0
 
     @classmethod
-    def finish(cls, budget: Budget, **fields: Any) -> SearchResult:
-        return cls(**fields, nfe=budget.nfe, reward_calls=budget.reward_calls, seconds=budget.seconds)
+    def finish(
+        cls,
+        chain: Chain,
+        x: torch.Tensor,
+        scores: torch.Tensor,
+        all_scores: torch.Tensor,
+        history: list[dict[str, Any]],
+    ) -> SearchResult:
+        """The result of a method run on ``chain``: ``x`` decoded, the counts read from the chain's budget."""
+        budget = chain.budget
+        return cls(
+            x=x,
+            samples=chain.decode(x),
+            scores=scores,
+            all_scores=all_scores,
+            history=history,
+            nfe=budget.nfe,
+            reward_calls=budget.reward_calls,
+            seconds=budget.seconds,
+        )
 
 
 def score_samples(chain: Chain, reward, x0: torch.Tensor, prompts: Any = None) -> torch.Tensor:

@@ -296,6 +296,4 @@ def diffusion_tree_sampling(
         index = torch.multinomial(torch.tensor(log_p).exp(), draws, replacement=True, generator=generator)
         x = torch.cat([leaves[i].state.x for i in index.tolist()])
         scores = torch.tensor([leaves[i].value for i in index.tolist()], dtype=torch.float64)
-    return SearchResult.finish(
-        chain.budget, x=x, samples=chain.decode(x), scores=scores, all_scores=all_scores, history=history
-    )
+    return SearchResult.finish(chain, x, scores, all_scores, history)
