@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from .base import Reward
 from .digit_classifier import DIGITS_CLASSIFIER, DigitClassifier, parse_digit
-from .preprocess import PIL_RESAMPLE, resize_center_crop
+from .preprocess import as_pair, fit_to_model, processor_pixel_config
 
 __all__ = ["ClassifierReward", "ImagePreprocess", "digits_reward"]
 
@@ -30,24 +29,29 @@ LabelSpec = int | str
 class ImagePreprocess(nn.Module):
     """[0, 1] images -> classifier input: channels, size, (x - mean) / std, then a map onto ``value_range``.
 
-    ``crop=True`` resizes the shorter side and centre-crops (CLIP, ConvNeXt processors); ``crop=False``
-    resizes to exactly ``size`` (ViT processors, the digits classifier).
+    ``resize_mode="squash"`` resizes to exactly ``size`` (ViT processors, the digits classifier);
+    ``"shortest"`` resizes the shorter side to ``resize`` (default ``size``) and centre-crops ``size``
+    (CLIP, ConvNeXt processors); see :func:`rewards.preprocess.fit_to_model`.
     """
 
     def __init__(
         self,
         channels: int | None = None,
         size: int | tuple[int, int] | None = None,
-        crop: bool = False,
+        resize_mode: str = "squash",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         value_range: tuple[float, float] = (0.0, 1.0),
         interpolation: InterpolationMode = InterpolationMode.BICUBIC,
+        resize: int | tuple[int, int] | None = None,
     ):
         super().__init__()
-        self.channels, self.crop, self.value_range = channels, crop, value_range
+        if resize_mode not in ("shortest", "squash"):
+            raise ValueError(f"resize_mode must be 'shortest' or 'squash', got {resize_mode!r}")
+        self.channels, self.resize_mode, self.value_range = channels, resize_mode, value_range
         self.interpolation = interpolation
-        self.size = (size, size) if isinstance(size, int) else size
+        self.size = None if size is None else as_pair(size)
+        self.resize = self.size if resize is None else as_pair(resize)
         self.mean = None if mean is None else tuple(float(m) for m in mean)
         self.std = None if std is None else tuple(float(s) for s in std)
 
@@ -56,12 +60,8 @@ class ImagePreprocess(nn.Module):
             images = images.mean(1, keepdim=True)
         elif self.channels == 3 and images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        if self.size is not None and tuple(images.shape[-2:]) != self.size:
-            if self.crop:
-                images = resize_center_crop(images, self.size, self.interpolation)
-            else:
-                images = TF.resize(images, list(self.size), interpolation=self.interpolation, antialias=True)
-                images = images.clamp(0, 1)
+        if self.size is not None:
+            images = fit_to_model(images, self.size, self.resize, self.resize_mode, self.interpolation)
         if self.mean is not None:
             mean = torch.as_tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
             std = torch.as_tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
@@ -70,7 +70,10 @@ class ImagePreprocess(nn.Module):
         return images * (high - low) + low
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, size={self.size}, crop={self.crop}, range={self.value_range}"
+        return (
+            f"channels={self.channels}, size={self.size}, resize={self.resize}, mode={self.resize_mode}, "
+            f"range={self.value_range}"
+        )
 
 
 def _load_classifier(spec: str | Path) -> tuple[nn.Module, ImagePreprocess]:
@@ -91,27 +94,17 @@ def _load_classifier(spec: str | Path) -> tuple[nn.Module, ImagePreprocess]:
 
 
 def _processor_preprocess(processor) -> ImagePreprocess:
-    """The resize/crop/normalise a transformers image processor applies, as a torch module."""
-    crop = bool(getattr(processor, "do_center_crop", False)) and getattr(processor, "crop_size", None)
-    size = getattr(processor, "crop_size" if crop else "size", None) or {}
-    size = dict(size)
-    if "height" in size:
-        hw = (size["height"], size["width"])
-    elif "shortest_edge" in size:
-        hw = (size["shortest_edge"], size["shortest_edge"])
-    else:
-        hw = None
-    normalize = getattr(processor, "do_normalize", True)
-    resample = getattr(processor, "resample", None)
-    # PIL filter number; none given, or one torch lacks (Lanczos, box, Hamming), falls back to bicubic
-    resample = 3 if resample is None else int(resample)
+    """The resize/crop/normalise a transformers image processor applies, as a torch module (a resampling
+    filter torch lacks falls back to bicubic)."""
+    pixels = processor_pixel_config(processor, fallback_interpolation="bicubic")
     return ImagePreprocess(
         channels=3,
-        size=hw,
-        crop=bool(crop),
-        mean=processor.image_mean if normalize else None,
-        std=processor.image_std if normalize else None,
-        interpolation=InterpolationMode(PIL_RESAMPLE.get(resample, "bicubic")),
+        size=pixels["crop"],
+        resize=pixels["resize"],
+        resize_mode=pixels["resize_mode"],
+        mean=pixels["mean"],
+        std=pixels["std"],
+        interpolation=InterpolationMode(pixels["interpolation"]),
     )
 
 

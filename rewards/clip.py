@@ -29,11 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from .base import Reward
 from .hub import resolve_file
-from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_preprocess
+from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, as_pair, clip_preprocess, fit_to_model
 
 __all__ = [
     "AESTHETIC_HEAD",
@@ -95,13 +94,6 @@ def _pooled(output: Any) -> torch.Tensor:
     raise TypeError(f"expected a tensor or an output with pooler_output, got {type(output).__name__}")
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    height, width = (int(s) for s in size)
-    return height, width
-
-
 class ImageTextEncoder(nn.Module):
     """A frozen two-tower (CLIP-style) model: pixels in [0, 1] and strings to L2-normalised embeddings.
 
@@ -128,8 +120,8 @@ class ImageTextEncoder(nn.Module):
             raise ValueError(f"resize_mode {resize_mode!r} is not supported; expected 'shortest' or 'squash'")
         if interpolation not in ("bicubic", "bilinear", "nearest"):
             raise ValueError(f"interpolation {interpolation!r} is not supported on tensors")
-        self.image_size = _pair(crop)
-        self.resize = self.image_size if resize is None else _pair(resize)
+        self.image_size = as_pair(crop)
+        self.resize = self.image_size if resize is None else as_pair(resize)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.resize_mode = resize_mode
@@ -169,23 +161,9 @@ class ImageTextEncoder(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> normalised (B, 3, *image_size) in the model's dtype (differentiable)."""
-        images = images.to(self.dtype)
-        hw = tuple(images.shape[-2:])
-        if self.resize_mode == "squash" and hw != self.image_size:
-            images = TF.resize(
-                images, list(self.image_size), interpolation=self.interpolation, antialias=True
-            )
-            images = images.clamp(0, 1)
-        elif self.resize_mode == "shortest" and (
-            self.resize != self.image_size or self.interpolation != InterpolationMode.BICUBIC
-        ):
-            if min(hw) != min(self.resize):
-                images = TF.resize(
-                    images, [min(self.resize)], interpolation=self.interpolation, antialias=True
-                )
-                images = images.clamp(0, 1)
-            images = TF.center_crop(images, list(self.image_size))
-        # the common case (bicubic, resize == crop) is clip_preprocess's own resize + centre crop
+        images = fit_to_model(
+            images.to(self.dtype), self.image_size, self.resize, self.resize_mode, self.interpolation
+        )
         return clip_preprocess(images, self.image_size, self.mean, self.std)
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:

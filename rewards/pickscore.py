@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .clip import ImageTextEncoder, _ImageTextReward, _pooled
-from .preprocess import PIL_RESAMPLE
+from .preprocess import processor_pixel_config
 
 __all__ = ["HFCLIPEncoder", "PickScore"]
 
@@ -36,15 +36,6 @@ def _from_pretrained(cls: Any, name: str | Path, what: str) -> Any:
             f"{what} {text!r}: no local directory of that name, and the hub repository could not be loaded "
             f"({type(error).__name__}: {error})"
         ) from error
-
-
-def _get(config: Any, key: str) -> Any:
-    """A field of a transformers size dict (a plain dict or a ``SizeDict``)."""
-    if config is None:
-        return None
-    if isinstance(config, dict):
-        return config.get(key)
-    return getattr(config, key, None)
 
 
 class HFCLIPEncoder(ImageTextEncoder):
@@ -79,39 +70,13 @@ class HFCLIPEncoder(ImageTextEncoder):
         self.max_length = min(
             int(self.tokenizer.model_max_length), int(model.config.text_config.max_position_embeddings)
         )
-        self._set_pixels(**self._pixel_config(processor.image_processor))
+        try:
+            pixels = processor_pixel_config(processor.image_processor)
+        except ValueError as error:
+            raise ValueError(f"HFCLIPEncoder: {error}") from error
+        self._set_pixels(**pixels)
         if device is not None:
             self.to(device)
-
-    @staticmethod
-    def _pixel_config(image_processor: Any) -> dict[str, Any]:
-        size, crop = image_processor.size, image_processor.crop_size
-        shortest = _get(size, "shortest_edge")
-        if shortest is not None:
-            resize, mode = shortest, "shortest"
-        else:
-            resize, mode = (_get(size, "height"), _get(size, "width")), "squash"
-        if getattr(image_processor, "do_center_crop", True) and crop is not None:
-            crop_hw: Any = (_get(crop, "height"), _get(crop, "width"))
-        else:
-            crop_hw = resize
-        if mode == "squash" and tuple(crop_hw) != tuple(resize):
-            raise ValueError(
-                "HFCLIPEncoder: a fixed (height, width) resize followed by a crop is not supported"
-            )
-        resample = getattr(image_processor, "resample", 3)
-        interpolation = PIL_RESAMPLE.get(int(resample), None)
-        if interpolation is None:
-            raise ValueError(f"HFCLIPEncoder: resampling {resample!r} is not supported on tensors")
-        normalize = getattr(image_processor, "do_normalize", True)
-        return {
-            "crop": crop_hw,
-            "resize": resize,
-            "mean": image_processor.image_mean if normalize else (0.0, 0.0, 0.0),
-            "std": image_processor.image_std if normalize else (1.0, 1.0, 1.0),
-            "resize_mode": mode,
-            "interpolation": interpolation,
-        }
 
     @property
     def logit_scale(self) -> torch.Tensor:
