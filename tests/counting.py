@@ -1,5 +1,9 @@
-"""Test helper: an NFE count taken by wrapping the network, independent of the chain's own accounting."""
+"""Test helpers for search: an NFE count taken by wrapping the network (independent of the chain's own
+accounting), and a reward whose scores the test sets."""
 
+import torch
+
+from rewards import Reward
 from samplers.denoiser import Denoiser
 
 
@@ -19,3 +23,22 @@ def count_model_rows(chain) -> RowCounter:
     counter = RowCounter(chain.denoiser.net)
     chain.denoiser = Denoiser(counter, chain.denoiser.prediction_type)
     return counter
+
+
+class Scripted(Reward):
+    """Scores set per row: ``values[i]`` for row i of each call (or one value for all); records what it
+    scored in ``seen``."""
+
+    modality = "vector"
+    scale = "scripted"
+
+    def __init__(self, values):
+        super().__init__(batch_size=1 << 20)
+        self.values = torch.as_tensor(values, dtype=torch.float64)
+        self.seen = []
+
+    def score(self, samples, prompts):
+        self.seen.append(samples.clone())
+        if self.values.ndim == 0:
+            return self.values.expand(len(samples)).clone()
+        return self.values[: len(samples)].clone()

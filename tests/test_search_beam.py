@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from counting import count_model_rows
+from counting import Scripted, count_model_rows
 
-from rewards import Reward, linear_reward
+from rewards import linear_reward
 from samplers import DiscreteVPSchedule
 from samplers.analytic import GaussianMixture
 from samplers.solvers import DPMSolver, DPMSolverPP, SDEDPMSolverPP
@@ -35,24 +35,6 @@ def plain_run(chain, n, generator):
     while state.step < chain.steps:
         state = chain.step(state, generator)
     return state.x
-
-
-class Scripted(Reward):
-    """Scores set per row: ``values[i]`` for row i (or one value for all); records what it scored."""
-
-    modality = "vector"
-    scale = "scripted"
-
-    def __init__(self, values):
-        super().__init__(batch_size=1 << 20)
-        self.values = torch.as_tensor(values, dtype=F64)
-        self.seen = []
-
-    def score(self, samples, prompts):
-        self.seen.append(samples.clone())
-        if self.values.ndim == 0:
-            return self.values.expand(len(samples)).clone()
-        return self.values[: len(samples)].clone()
 
 
 # ---------------------------------------------------------------------- (a) cost

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from counting import count_model_rows
+from counting import Scripted, count_model_rows
 
-from rewards import Reward, linear_reward
+from rewards import linear_reward
 from samplers.solvers import DPMSolverPP
 from search.best_of_n import best_of_n
 from search.chain import gaussian_mixture_chain
@@ -39,28 +39,13 @@ def test_budget_sets_the_number_of_trajectories(gmm2, schedule):
         best_of_n(chain, linear_reward(torch.ones(2, dtype=F64)))
 
 
-class Constant(Reward):
-    modality = "vector"
-    scale = "a constant"
-
-    def __init__(self, value):
-        super().__init__()
-        self.value = value
-
-    def score(self, samples, prompts):
-        out = torch.full((len(samples),), self.value, dtype=F64)
-        out[0] = self.first if hasattr(self, "first") else self.value
-        return out
-
-
 def test_degenerate_rewards(gmm2, schedule):
     chain, _ = counted_chain(gmm2, schedule, steps=3)
-    equal = best_of_n(chain, Constant(2.0), n=4, k=4)
+    equal = best_of_n(chain, Scripted(2.0), n=4, k=4)
     assert torch.equal(equal.scores, torch.full((4,), 2.0, dtype=F64))
     with pytest.raises(ValueError, match="NaN for 4 of 4"):
-        best_of_n(chain, Constant(float("nan")), n=4)
-    minus_inf = Constant(float("-inf"))
-    minus_inf.first = 1.0
+        best_of_n(chain, Scripted(float("nan")), n=4)
+    minus_inf = Scripted([1.0] + [float("-inf")] * 4)
     for select in ("max", "resample"):
         g = torch.Generator().manual_seed(1)
         result = best_of_n(chain, minus_inf, n=5, k=3, select=select, generator=g)
@@ -69,8 +54,8 @@ def test_degenerate_rewards(gmm2, schedule):
         else:
             assert result.scores[0] == 1.0
     with pytest.raises(ValueError, match="every sample has zero weight"):
-        best_of_n(chain, Constant(float("-inf")), n=3, select="resample")
-    single = best_of_n(chain, Constant(0.0), n=1)
+        best_of_n(chain, Scripted(float("-inf")), n=3, select="resample")
+    single = best_of_n(chain, Scripted(0.0), n=1)
     assert single.x.shape == (1, 2)
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from counting import count_model_rows
+from counting import Scripted, count_model_rows
 
-from rewards import Reward, linear_reward
+from rewards import linear_reward
 from samplers import DiscreteVPSchedule
 from samplers.analytic import GaussianMixture
 from samplers.solvers import SDEDPMSolverPP
@@ -83,22 +83,6 @@ def test_resampling_schedule():
         _resampling_steps(10, 1, (0.5, 0.5))
     with pytest.raises(ValueError, match="interval"):
         _resampling_steps(10, 0, (0.0, 1.0))
-
-
-class Scripted(Reward):
-    """Rewards set per particle row: ``values[i]`` for row i (or one value for all)."""
-
-    modality = "vector"
-    scale = "scripted"
-
-    def __init__(self, values):
-        super().__init__(batch_size=1 << 20)
-        self.values = torch.as_tensor(values, dtype=F64)
-
-    def score(self, samples, prompts):
-        if self.values.ndim == 0:
-            return self.values.expand(len(samples)).clone()
-        return self.values[: len(samples)]
 
 
 def test_degenerate_rewards_and_budgets(setup):

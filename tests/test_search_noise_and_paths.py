@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-from counting import count_model_rows
+from counting import Scripted, count_model_rows
 
-from rewards import Reward, linear_reward
+from rewards import linear_reward
 from samplers.solvers import DPMSolver, DPMSolverPP
 from search.best_of_n import best_of_n
 from search.chain import gaussian_mixture_chain
@@ -141,7 +141,7 @@ def test_candidates_are_drawn_around_the_pivot(gmm2, schedule, reward, neighbour
 
 def test_fixed_point_restarts_keep_the_best_sample(gmm2, schedule):
     chain, _ = counted_chain(gmm2, schedule, steps=4)
-    result = zero_order_search(chain, Constant(1.0), candidates=2, iterations=7, patience=2)
+    result = zero_order_search(chain, Scripted(1.0), candidates=2, iterations=7, patience=2)
     # equal rewards never move the pivot: restarts at iterations 3 and 6 (after 2 stale iterations each)
     assert [h["restarted"] for h in result.history[1:]] == [False, False, True, False, False, True, False]
     assert [h["moved"] for h in result.history[1:]] == [False, False, True, False, False, True, False]
@@ -175,28 +175,16 @@ def test_pcn_neighbours_preserve_a_gaussian_prior():
 # --------------------------------------------------------------------------- (d) degenerate cases
 
 
-class Constant(Reward):
-    modality = "vector"
-    scale = "a constant"
-
-    def __init__(self, value):
-        super().__init__()
-        self.value = value
-
-    def score(self, samples, prompts):
-        return torch.full((len(samples),), self.value, dtype=F64)
-
-
 def test_degenerate_cases(gmm2, schedule, reward):
     chain, _ = counted_chain(gmm2, schedule, steps=4)
-    equal = zero_order_search(chain, Constant(2.0), candidates=3, iterations=3, k=2)
+    equal = zero_order_search(chain, Scripted(2.0), candidates=3, iterations=3, k=2)
     assert torch.equal(equal.scores, torch.full((2,), 2.0, dtype=F64))
     assert not any(h["moved"] for h in equal.history)  # a tie is not an improvement
-    same = path_search(chain, Constant(2.0), paths=3, branches=2, start=1, back=1, forward=2, k=3)
+    same = path_search(chain, Scripted(2.0), paths=3, branches=2, start=1, back=1, forward=2, k=3)
     assert torch.equal(same.scores, torch.full((3,), 2.0, dtype=F64))
     for method, kw in [(zero_order_search, {"iterations": 2}), (path_search, {"paths": 2})]:
         with pytest.raises(ValueError, match="NaN for"):
-            method(chain, Constant(float("nan")), **kw)
+            method(chain, Scripted(float("nan")), **kw)
     with pytest.raises(ValueError, match="smaller than one trajectory"):
         zero_order_search(chain, reward, max_nfe=3)
     cost = path_cost(chain, 2, 1, 1, 2)
