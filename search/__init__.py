@@ -9,7 +9,7 @@ Every method takes a chain (:mod:`search.chain`), a reward (:mod:`rewards`) and 
 from .beam import beam_search, beam_search_nfe, branching_steps
 from .best_of_n import best_of_n
 from .budget import Budget, BudgetExceeded
-from .chain import Chain, ChainState, SolverChain, gaussian_mixture_chain
+from .chain import Chain, ChainState, SolverChain, advance, gaussian_mixture_chain
 from .evolution import (
     elite_indices,
     evo_search,
@@ -23,7 +23,7 @@ from .fk_smc import POTENTIALS, fk_steering
 from .lookahead import TWEEDIE, Lookahead, lookahead_scores
 from .metrics import sliced_wasserstein
 from .noise_optimisation import chi_log_density, noise_optimisation
-from .noise_search import NEIGHBOURHOODS, advance, pcn_neighbours, sphere_neighbours, zero_order_search
+from .noise_search import NEIGHBOURHOODS, pcn_neighbours, sphere_neighbours, zero_order_search
 from .path_search import path_cost, path_schedule, path_search
 from .resample import (
     RESAMPLERS,

@@ -14,22 +14,11 @@ from typing import Any, Literal
 import torch
 
 from .budget import Budget
-from .chain import Chain
+from .chain import Chain, advance
 from .result import SearchResult, score_samples
 from .selection import check_selection, particle_count, select_final
 
-__all__ = ["best_of_n", "run_to_end"]
-
-
-def run_to_end(chain: Chain, n: int, generator: torch.Generator | None, batch_size: int) -> torch.Tensor:
-    """Final clean samples of n independent trajectories, run ``batch_size`` particles at a time."""
-    finals = []
-    for start in range(0, n, batch_size):
-        state = chain.prior(min(batch_size, n - start), generator)
-        while state.step < chain.steps:
-            state = chain.step(state, generator)
-        finals.append(state.x)
-    return torch.cat(finals)
+__all__ = ["best_of_n"]
 
 
 def best_of_n(
@@ -55,7 +44,7 @@ def best_of_n(
     n = particle_count(chain, n, max_nfe, "n")
     check_selection(select, k, n)
     chain = chain.with_budget(Budget(max_nfe=max_nfe))
-    x = run_to_end(chain, n, generator, batch_size)
+    x = advance(chain, chain.prior(n, generator), None, generator, batch_size).x
     scores = score_samples(chain, reward, x, prompts)
     index = select_final(scores, scores / temperature, k, select, generator)
     best = x[index]

@@ -36,7 +36,7 @@ from samplers.state import SolverState
 
 from .budget import Budget
 
-__all__ = ["Chain", "ChainState", "SolverChain", "gaussian_mixture_chain"]
+__all__ = ["Chain", "ChainState", "SolverChain", "advance", "gaussian_mixture_chain"]
 
 
 @dataclass(frozen=True)
@@ -265,3 +265,24 @@ def gaussian_mixture_chain(
 
     denoiser = Denoiser(net, prediction_type)
     return SolverChain(denoiser, grid, solver, (gmm.dim,), prior=marginal, budget=budget, dtype=torch.float64)
+
+
+def advance(
+    chain: Chain,
+    state: ChainState,
+    to_step: int | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+) -> ChainState:
+    """Every particle of ``state`` stepped to grid index ``to_step`` (default: the end of the chain),
+    ``batch_size`` particles at a time."""
+    to_step = chain.steps if to_step is None else to_step
+    if not state.step <= to_step <= chain.steps:
+        raise ValueError(f"cannot advance from grid index {state.step} to {to_step} (chain of {chain.steps})")
+    parts = []
+    for start in range(0, len(state), batch_size):
+        part = state[slice(start, start + batch_size)]
+        while part.step < to_step:
+            part = chain.step(part, generator)
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else ChainState.cat(parts)

@@ -57,34 +57,13 @@ from typing import Any
 import torch
 
 from .budget import Budget
-from .chain import Chain, ChainState
+from .chain import Chain, ChainState, advance
 from .result import SearchResult, score_samples
 from .selection import TopK, check_selection, particle_count
 
 __all__ = ["NEIGHBOURHOODS", "advance", "pcn_neighbours", "sphere_neighbours", "zero_order_search"]
 
 NEIGHBOURHOODS = ("sphere", "pcn")
-
-
-def advance(
-    chain: Chain,
-    state: ChainState,
-    to_step: int | None = None,
-    generator: torch.Generator | None = None,
-    batch_size: int = 256,
-) -> ChainState:
-    """Every particle of ``state`` stepped to grid index ``to_step`` (default: the end of the chain),
-    ``batch_size`` particles at a time."""
-    to_step = chain.steps if to_step is None else to_step
-    if not state.step <= to_step <= chain.steps:
-        raise ValueError(f"cannot advance from grid index {state.step} to {to_step} (chain of {chain.steps})")
-    parts = []
-    for start in range(0, len(state), batch_size):
-        part = state[slice(start, start + batch_size)]
-        while part.step < to_step:
-            part = chain.step(part, generator)
-        parts.append(part)
-    return parts[0] if len(parts) == 1 else ChainState.cat(parts)
 
 
 def sphere_neighbours(

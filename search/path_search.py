@@ -41,8 +41,7 @@ from typing import Any
 import torch
 
 from .budget import Budget
-from .chain import Chain, ChainState
-from .noise_search import advance
+from .chain import Chain, ChainState, advance
 from .result import SearchResult, score_samples
 from .selection import check_selection, particle_count, select_final
 

@@ -10,8 +10,8 @@ from counting import Scripted, count_model_rows
 from rewards import linear_reward
 from samplers.solvers import DPMSolver, DPMSolverPP
 from search.best_of_n import best_of_n
-from search.chain import gaussian_mixture_chain
-from search.noise_search import advance, pcn_neighbours, sphere_neighbours, zero_order_search
+from search.chain import advance, gaussian_mixture_chain
+from search.noise_search import pcn_neighbours, sphere_neighbours, zero_order_search
 from search.path_search import path_cost, path_schedule, path_search
 
 F64 = torch.float64
