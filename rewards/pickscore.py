@@ -20,7 +20,6 @@ from .preprocess import processor_pixel_config
 __all__ = ["HFCLIPEncoder", "PickScore"]
 
 
-
 def _from_pretrained(cls: Any, name: str | Path, what: str) -> Any:
     """``cls.from_pretrained(name)`` for a local directory or a hub id; ``FileNotFoundError`` when neither."""
     path = Path(name).expanduser()

@@ -2,6 +2,7 @@
 
 from .denoiser import PREDICTION_TYPES, Denoiser, DenoiserOutput, DynamicThreshold, convert_prediction
 from .grids import GRID_KINDS, TimeGrid, make_grid
+from .interpolant import InterpolantConversion
 from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource
 from .schedulers import (
     DDIMSolverScheduler,
@@ -31,6 +32,7 @@ __all__ = [
     "GRID_KINDS",
     "TimeGrid",
     "make_grid",
+    "InterpolantConversion",
     "BrownianTreeNoise",
     "GeneratorNoise",
     "NoiseSource",

@@ -1,6 +1,6 @@
 """Inference-time search over denoising chains: best-of-N, zero-order search over the initial noise, search
-over paths, beam search, Feynman-Kac steering (SMC), Diffusion Tree Sampling, EvoSearch, reward-based noise
-optimisation, resamplers.
+over paths, beam search, Feynman-Kac steering (SMC), Diffusion Tree Sampling, EvoSearch, rollover budget
+forcing (with flow models as SDE chains), reward-based noise optimisation, resamplers.
 
 Every method takes a chain (:mod:`search.chain`), a reward (:mod:`rewards`) and a budget, and returns a
 :class:`~search.result.SearchResult` with NFE counted per particle the same way for all methods.
@@ -20,6 +20,7 @@ from .evolution import (
     tournament_select,
 )
 from .fk_smc import POTENTIALS, fk_steering
+from .flow_chain import INTERPOLANTS, flow_sde_chain
 from .lookahead import TWEEDIE, Lookahead, lookahead_scores
 from .metrics import sliced_wasserstein
 from .noise_optimisation import chi_log_density, noise_optimisation
@@ -36,9 +37,14 @@ from .resample import (
     systematic,
 )
 from .result import SearchResult, score_samples
+from .rollover import rollover_budget_forcing, rollover_quotas
 from .tree import TreeNode, diffusion_tree_sampling, soft_value
 
 __all__ = [
+    "INTERPOLANTS",
+    "flow_sde_chain",
+    "rollover_budget_forcing",
+    "rollover_quotas",
     "TreeNode",
     "diffusion_tree_sampling",
     "soft_value",

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from samplers.denoiser import Denoiser, DenoiserOutput
 from samplers.grids import TimeGrid
@@ -206,6 +207,37 @@ class SolverChain:
             except StopIteration as done:
                 return ChainState(done.value)
             out = self._evaluate(request, state.solver.cond)
+
+    def checkpointed_step(
+        self,
+        state: ChainState,
+        generator: torch.Generator | None = None,
+        recompute_budget: Budget | None = None,
+    ) -> ChainState:
+        """:meth:`step` under activation checkpointing (``torch.utils.checkpoint``, non-reentrant): the
+        step's intermediate tensors (the model's activations included) are not kept for backward but
+        recomputed during it, so backprop through a whole trajectory holds the states between steps and
+        one step's activations at a time. The forward is charged to the chain's budget as usual; the
+        model calls of the recomputation are not (the budget counts forward evaluations) and go to
+        ``recompute_budget`` instead when one is given (a throwaway one otherwise). A stochastic step
+        redraws the same noise when recomputed: from a copy of ``generator``'s state taken before the
+        step, or from the global RNG state, which checkpointing restores."""
+        gen_state = None if generator is None else generator.get_state()
+        calls = 0
+
+        def run(solver_state: SolverState, cached: DenoiserOutput | None) -> SolverState:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return self.step(ChainState(solver_state, cached), generator).solver
+            replay = None
+            if generator is not None:
+                replay = torch.Generator(device=generator.device)
+                replay.set_state(gen_state)
+            chain = self.with_budget(recompute_budget if recompute_budget is not None else Budget())
+            return chain.step(ChainState(solver_state, cached), replay).solver
+
+        return ChainState(checkpoint(run, state.solver, state.cached, use_reentrant=False))
 
     def renoise(
         self, state: ChainState, to_step: int, generator: torch.Generator | None = None

