@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
@@ -27,6 +27,7 @@ __all__ = [
     "DIGITS_MODEL",
     "NULL_CLASS",
     "DigitsPipeline",
+    "digits_chain",
     "parse_digit",
     "fixed_size_calls",
     "to_uint8",
@@ -151,3 +152,64 @@ def build_digits_unet() -> UNet2DModel:
         num_class_embeds=NULL_CLASS + 1,
         norm_num_groups=8,
     )
+
+
+def digits_chain(
+    digit: int | str | None,
+    *,
+    steps: int = 20,
+    guidance_scale: float | None = None,
+    solver=None,
+    grid_kind: str = "uniform_t",
+    model: str | Path = DIGITS_MODEL,
+    unet: UNet2DModel | None = None,
+    budget=None,
+):
+    """The bundled digits model as a search chain (:class:`search.chain.SolverChain`) over 8x8 images.
+
+    Args:
+        digit: the class to draw ("7", "seven", 7), or ``None`` for the unconditional model (the null
+            class the model was trained with for classifier-free guidance).
+        steps: grid steps; grid_kind: the time grid (``samplers.grids.make_grid`` kinds).
+        guidance_scale: classifier-free guidance weight (``None`` or 1: none; needs a digit).
+        solver: any ``samplers`` solver (default ``SDEDPMSolverPP(2)``, stochastic, as particle methods
+            need; pass ``DPMSolverPP(2)`` for the ODE).
+        model / unet: the pipeline directory, or an already loaded UNet.
+
+    Follows the model's scheduler config: its DDPM schedule, and its ``clip_sample`` clamp of the data
+    prediction to [-1, 1]. ``decode`` maps samples to [0, 1] images, as image rewards take them.
+    """
+    from samplers.denoiser import Denoiser
+    from samplers.grids import make_grid
+    from samplers.schedulers import x0_limit_from_config
+    from samplers.schedules import schedule_from_diffusers_config
+    from samplers.solvers import SDEDPMSolverPP
+    from search.chain import SolverChain
+
+    if unet is None:
+        unet = UNet2DModel.from_pretrained(Path(model) / "unet").eval()
+    config = DDPMScheduler.load_config(Path(model) / "scheduler")
+    scheduler_config = DDPMScheduler.from_config(config).config
+    label = NULL_CLASS if digit is None else parse_digit(digit)
+    guided = guidance_scale is not None and guidance_scale != 1.0
+    if guided and digit is None:
+        raise ValueError("classifier-free guidance needs a digit")
+
+    @torch.no_grad()
+    def net(x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        return unet(x, t, class_labels=class_labels).sample
+
+    null = {"class_labels": torch.tensor([NULL_CLASS])}
+    denoiser = Denoiser(
+        net,
+        "epsilon",
+        guidance_scale=guidance_scale if guided else None,
+        uncond=null if guided else None,
+        threshold=x0_limit_from_config(scheduler_config),
+    )
+    schedule = schedule_from_diffusers_config(config)
+    grid = make_grid(schedule, steps, grid_kind, final="zero")
+    size = unet.config.sample_size
+    return SolverChain(denoiser, grid, solver if solver is not None else SDEDPMSolverPP(2),
+                       (unet.config.in_channels, size, size), cond={"class_labels": torch.tensor([label])},
+                       decode=lambda x0: ((x0.clamp(-1, 1) + 1) / 2), budget=budget)  # fmt: skip

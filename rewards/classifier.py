@@ -108,8 +108,15 @@ def _processor_preprocess(processor) -> ImagePreprocess:
     )
 
 
+OUTPUTS = ("log_prob", "log_odds")
+
+
 class ClassifierReward(Reward):
     """``log p(target | image)`` under ``classifier``; the target is fixed or read from each prompt.
+
+    ``output="log_odds"`` scores ``log p / (1 - p) = logit_target - logsumexp(other logits)`` instead: the
+    same ranking, but unbounded above, so it keeps separating samples the classifier is already sure of
+    (log p saturates at 0 and stops telling a clear digit from a perfect one).
 
     Args:
         classifier: an ``nn.Module`` (logits out), a digits-classifier directory, or a transformers image
@@ -119,6 +126,7 @@ class ClassifierReward(Reward):
         labels: maps a prompt to a class index (a callable or a dict); by default a prompt that is a label
             name of the checkpoint, or an integer, is used.
         preprocess: how [0, 1] images become classifier inputs; a loaded checkpoint brings its own.
+        output: ``"log_prob"`` (default) or ``"log_odds"``.
     """
 
     modality = "image"
@@ -134,8 +142,14 @@ class ClassifierReward(Reward):
         preprocess: ImagePreprocess | None = None,
         batch_size: int = 64,
         device: str | torch.device | None = None,
+        output: str = "log_prob",
     ):
         super().__init__(batch_size=batch_size)
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        self.output = output
+        if output == "log_odds":
+            self.scale = "log-odds of the target class, log p / (1 - p), in (-inf, inf); 0 is p = 1/2"
         if isinstance(classifier, (str, Path)):
             classifier, loaded_preprocess = _load_classifier(classifier)
             preprocess = preprocess or loaded_preprocess
@@ -186,14 +200,21 @@ class ClassifierReward(Reward):
         if bad:
             raise ValueError(f"class {bad[0]} is out of range for a {n_classes}-class classifier")
         index = torch.tensor(classes, device=logp.device).view(-1, 1)
-        return logp.gather(1, index).squeeze(1)
+        target = logp.gather(1, index).squeeze(1)
+        if self.output == "log_prob":
+            return target
+        others = logp.scatter(1, index, float("-inf")).logsumexp(1)  # log(1 - p), without cancellation
+        return target - others
 
 
 def digits_reward(
-    target: int | None = None, batch_size: int = 256, device: str | torch.device | None = None
+    target: int | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    output: str = "log_prob",
 ) -> ClassifierReward:
-    """log p(digit | image) under the bundled digits classifier; the digit is ``target`` or each prompt
-    ("7" or "seven"), as the bundled digits pipeline takes them."""
+    """log p(digit | image) (or its log-odds, ``output="log_odds"``) under the bundled digits classifier;
+    the digit is ``target`` or each prompt ("7" or "seven"), as the bundled digits pipeline takes them."""
     return ClassifierReward(
-        DIGITS_CLASSIFIER, target, labels=parse_digit, batch_size=batch_size, device=device
+        DIGITS_CLASSIFIER, target, labels=parse_digit, batch_size=batch_size, device=device, output=output
     )

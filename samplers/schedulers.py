@@ -173,7 +173,7 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
             )
         self.is_flow = bool(cfg.use_flow_sigmas) or cfg.prediction_type == "flow_prediction"
         self.prediction = _PREDICTIONS[cfg.prediction_type]
-        self.x0_limit = _x0_limit(cfg)
+        self.x0_limit = x0_limit_from_config(cfg)
         self._base_schedule = None if self.is_flow else _ddpm_schedule(cfg)
         for key, mapping in self.FOREIGN_VALUES.items():
             if cfg[key] in mapping:  # another scheduler's option, carried over by from_config
@@ -508,7 +508,7 @@ class _EngineScheduler(SchedulerMixin, ConfigMixin):
         return self.add_noise(sample, noise, timestep)
 
 
-def _x0_limit(cfg: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def x0_limit_from_config(cfg: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """What is applied to every x0 prediction: dynamic thresholding (Saharia et al. 2022) or, as in
     DDPM/DDIM's ``clip_sample``, a clamp to [-clip_sample_range, clip_sample_range]."""
     if cfg.thresholding:

@@ -6,9 +6,13 @@ per particle, the same way for every method; the budget is a hard cap (``Budget.
 
 Targets: 2- and 16-dimensional mixtures of three Gaussians (the 2-D one is the mixture of the exactness
 tests); reward r(x) = -|x - b|^2 with b between two modes, where the model puts little mass, so finding high
-reward needs search. ODE methods (best-of-N, zero-order, paths) use DPM-Solver++(2M); particle methods
-(beam, FK steering) the SDE variant (eta = 1); 20 steps each; every method with its default settings (FK
-steering: temperature 0.1, returning its best particle).
+reward needs search. ODE methods (best-of-N, zero-order, paths, EvoSearch) use DPM-Solver++(2M); particle and
+tree methods (beam, FK steering, DTS*, RBF) the SDE variant (eta = 1); 20 steps each; every method with its
+default settings except: FK steering at temperature 0.1, returning its best particle; DTS* (greedy Diffusion
+Tree Search) at temperature 0.1 as FK steering, with its default 4 children per node, no progressive widening
+and no node cap; EvoSearch with its default population 8, elite 1, tournament 2, beta 0.5 and schedule up to
+half the steps (until 0.5), running as many generations as the budget pays for; RBF (rollover budget forcing)
+on the SDE chain, children scored 4 at a time.
 
 Run: ``.venv/bin/pip install -e '.[bench]' && .venv/bin/python scripts/bench_search.py``.
 """
@@ -16,7 +20,6 @@ Run: ``.venv/bin/pip install -e '.[bench]' && .venv/bin/python scripts/bench_sea
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +29,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from search_bench_common import Results, plot, run_methods, table  # noqa: E402
 
 from rewards import least_squares_reward  # noqa: E402
 from samplers import DiscreteVPSchedule  # noqa: E402
@@ -34,9 +40,12 @@ from samplers.solvers import DPMSolverPP, SDEDPMSolverPP  # noqa: E402
 from search import (  # noqa: E402
     beam_search,
     best_of_n,
+    diffusion_tree_sampling,
+    evo_search,
     fk_steering,
     gaussian_mixture_chain,
     path_search,
+    rollover_budget_forcing,
     zero_order_search,
 )
 
@@ -56,86 +65,38 @@ def problem(dim: int = 16):
     return reward, ode, sde
 
 
-def methods(ode, sde) -> dict[str, Callable]:
-    """name -> run(reward, max_nfe, generator) returning a SearchResult."""
+def methods(reward, ode, sde) -> dict[str, Callable]:
+    """name -> run(max_nfe, generator) returning a SearchResult."""
+    r = reward
     return {
-        "best-of-N": lambda r, nfe, g: best_of_n(ode, r, max_nfe=nfe, generator=g),
-        "zero-order (sphere)": lambda r, nfe, g: zero_order_search(ode, r, max_nfe=nfe, generator=g),
-        "zero-order (pCN)": lambda r, nfe, g: zero_order_search(
+        "best-of-N": lambda nfe, g: best_of_n(ode, r, max_nfe=nfe, generator=g),
+        "zero-order (sphere)": lambda nfe, g: zero_order_search(ode, r, max_nfe=nfe, generator=g),
+        "zero-order (pCN)": lambda nfe, g: zero_order_search(
             ode, r, max_nfe=nfe, neighbourhood="pcn", generator=g
         ),
-        "search over paths": lambda r, nfe, g: path_search(ode, r, max_nfe=nfe, generator=g),
-        "beam search": lambda r, nfe, g: beam_search(sde, r, max_nfe=nfe, generator=g),
-        "FK steering (difference, max)": lambda r, nfe, g: fk_steering(
+        "search over paths": lambda nfe, g: path_search(ode, r, max_nfe=nfe, generator=g),
+        "beam search": lambda nfe, g: beam_search(sde, r, max_nfe=nfe, generator=g),
+        "FK steering (difference, max)": lambda nfe, g: fk_steering(
             sde, r, max_nfe=nfe, temperature=0.1, select="max", k=1, generator=g
         ),
-        "FK steering + entropic annealing": lambda r, nfe, g: fk_steering(
+        "FK steering + entropic annealing": lambda nfe, g: fk_steering(
             sde, r, max_nfe=nfe, temperature=0.1, select="max", k=1, entropy_floor=0.5, generator=g
+        ),
+        "DTS* (tree search)": lambda nfe, g: diffusion_tree_sampling(
+            sde, r, max_nfe=nfe, greedy=True, temperature=0.1, generator=g
+        ),
+        "EvoSearch": lambda nfe, g: evo_search(ode, r, max_nfe=nfe, population=8, generator=g),
+        "RBF (rollover budget forcing)": lambda nfe, g: rollover_budget_forcing(
+            sde, r, max_nfe=nfe, batch=4, generator=g
         ),
     }
 
 
 def run(
-    seeds: int, budgets: tuple[int, ...] = BUDGETS, dim: int = 16
-) -> tuple[dict[str, dict[int, list[float]]], dict[str, int]]:
-    reward, ode, sde = problem(dim)
-    results: dict[str, dict[int, list[float]]] = {}
-    spent: dict[str, int] = {}
-    for name, method in methods(ode, sde).items():
-        results[name] = {}
-        for budget in budgets:
-            best = []
-            for seed in range(seeds):
-                try:
-                    result = method(reward, budget, torch.Generator().manual_seed(seed))
-                except ValueError as error:  # the budget pays for less than one of this method's units
-                    if "smaller than" not in str(error):
-                        raise
-                    break
-                assert result.nfe <= budget, (name, result.nfe, budget)
-                spent[name] = max(spent.get(name, 0), result.nfe)
-                best.append(float(result.all_scores.max()))
-            results[name][budget] = best
-    return results, spent
-
-
-def _cell(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if values else "—"
-
-
-def table(results: dict[str, dict[int, list[float]]]) -> str:
-    budgets = list(next(iter(results.values())))
-    header = "| method | " + " | ".join(f"NFE {b}" for b in budgets) + " |"
-    rows = [header, "|---" * (len(budgets) + 1) + "|"]
-    for name, by_budget in results.items():
-        cells = [_cell(v) for v in by_budget.values()]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def plot(by_dim: dict[int, dict[str, dict[int, list[float]]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(by_dim), figsize=(6.5 * len(by_dim), 4.5), squeeze=False)
-    for ax, (dim, results) in zip(axes[0], by_dim.items()):
-        for name, by_budget in results.items():
-            points = {b: v for b, v in by_budget.items() if v}
-            means = [statistics.mean(v) for v in points.values()]
-            errs = [statistics.stdev(v) for v in points.values()]
-            ax.errorbar(list(points), means, yerr=errs, marker="o", capsize=3, label=name)
-        ax.set_xscale("log")
-        budgets = sorted({b for by_budget in results.values() for b in by_budget})
-        ax.set_xticks(budgets, [str(b) for b in budgets])
-        ax.minorticks_off()
-        ax.set_xlabel("NFE (model calls, per particle, summed)")
-        ax.set_ylabel("best reward found  (-|x - b|^2)")
-        ax.set_title(f"{dim}-dimensional Gaussian mixture")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    seeds: int, budgets: tuple[int, ...] = BUDGETS, dim: int = 16, log=None
+) -> tuple[Results, dict[str, int]]:
+    """(best reward per method, budget and seed; the most NFE each method spent) on the dim-D problem."""
+    return run_methods(methods(*problem(dim)), budgets, seeds, log=log or (lambda line: None))
 
 
 def main() -> None:
@@ -143,10 +104,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     args = parser.parse_args()
     start = time.perf_counter()
-    by_dim = {dim: run(args.seeds, dim=dim)[0] for dim in DIMS}
+    by_dim = {dim: run(args.seeds, dim=dim, log=print)[0] for dim in DIMS}
     out = ROOT / "docs" / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
-    plot(by_dim, out / "search.png")
+    plot({f"{dim}-dimensional Gaussian mixture": results for dim, results in by_dim.items()},
+         out / "search.png", "best reward found  (-|x - b|^2)")  # fmt: skip
     lines = [
         "# Search: best reward found vs NFE",
         "",

@@ -37,7 +37,7 @@ from samplers.state import SolverState
 
 from .budget import Budget
 
-__all__ = ["Chain", "ChainState", "SolverChain", "advance", "gaussian_mixture_chain"]
+__all__ = ["Chain", "ChainState", "SolverChain", "advance", "gaussian_mixture_chain", "stochastic_step"]
 
 
 @dataclass(frozen=True)
@@ -297,6 +297,17 @@ def gaussian_mixture_chain(
 
     denoiser = Denoiser(net, prediction_type)
     return SolverChain(denoiser, grid, solver, (gmm.dim,), prior=marginal, budget=budget, dtype=torch.float64)
+
+
+def stochastic_step(chain: Chain, i: int) -> bool:
+    """Whether the chain's step from grid index i draws noise, so that two children of one particle differ.
+    A :class:`SolverChain` step is stochastic when its solver is and the step does not end at sigma = 0
+    (there the SDE's noise term vanishes: the last step of a grid ending at sigma = 0 is deterministic).
+    Other chains are assumed stochastic unless they say otherwise with a ``stochastic_step(i)`` method."""
+    if isinstance(chain, SolverChain):
+        return chain.solver.is_stochastic and float(chain.grid.sigma_values[i + 1]) > 0
+    method = getattr(chain, "stochastic_step", None)
+    return True if method is None else bool(method(i))
 
 
 def advance(

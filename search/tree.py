@@ -24,8 +24,9 @@ One rollout (the paper's selection -> expansion -> rollout -> backup loop):
   skipped, so no rollout is spent revisiting them;
 * expansion: a node is expanded when it has fewer children than its limit: ``max_children``, and with
   ``widening=(c, alpha)`` the progressive-widening limit max(1, floor(c (N + 1)^alpha)) as well (or when all
-  its children are fully explored). The new child is a prior draw (at the root) or one stochastic
-  ``chain.step`` of the node;
+  its children are fully explored); a node whose step is deterministic (:func:`search.chain.stochastic_step`:
+  the last step onto sigma = 0, where every child would be the same sample) has one child. The new child is
+  a prior draw (at the root) or one stochastic ``chain.step`` of the node;
 * rollout: the new child is stepped to the end of the chain; every intermediate state is added to the tree;
 * backup: the leaf gets v̂ = r(x_0); every node on the path gets N += 1 and its soft value recomputed.
 
@@ -56,7 +57,7 @@ from typing import Any
 import torch
 
 from .budget import Budget
-from .chain import Chain, ChainState
+from .chain import Chain, ChainState, stochastic_step
 from .result import SearchResult, score_samples
 from .selection import check_selection
 
@@ -142,7 +143,11 @@ class TreeNode:
             yield from child.leaves(log_prob + lp, temperature)
 
 
-def _child_limit(node: TreeNode, max_children: int | None, widening: tuple[float, float] | None) -> float:
+def _child_limit(
+    node: TreeNode, max_children: int | None, widening: tuple[float, float] | None, deterministic: set[int]
+) -> float:
+    if node.step in deterministic:  # every child would be the same sample
+        return 1
     limit = math.inf if max_children is None else max_children
     if widening is not None:
         c, alpha = widening
@@ -156,6 +161,7 @@ def _select(
     greedy: bool,
     max_children: int | None,
     widening: tuple[float, float] | None,
+    deterministic: set[int],
     generator: torch.Generator | None,
 ) -> list[TreeNode]:
     """The selection path from the root to the node to expand (see the module doc)."""
@@ -163,7 +169,7 @@ def _select(
     node = root
     while True:
         open_children = [c for c in node.children if not c.complete]
-        if not open_children or node.n_children < _child_limit(node, max_children, widening):
+        if not open_children or node.n_children < _child_limit(node, max_children, widening, deterministic):
             return path
         values = torch.tensor([c.value for c in open_children], dtype=torch.float64)
         if greedy:
@@ -178,10 +184,10 @@ def _select(
         path.append(node)
 
 
-def _update_complete(node: TreeNode, steps: int, max_children: int | None) -> None:
+def _update_complete(node: TreeNode, steps: int, max_children: int | None, deterministic: set[int]) -> None:
     if node.step >= steps:
         node.complete = True
-    elif max_children is not None and node.n_children >= max_children:
+    elif node.n_children >= (1 if node.step in deterministic else (max_children or math.inf)):
         node.complete = all(c.complete for c in node.children)
 
 
@@ -238,6 +244,7 @@ def diffusion_tree_sampling(
         raise ValueError(f"a budget of {max_nfe} NFE is smaller than one rollout ({first} NFE)")
     chain = chain.with_budget(Budget(max_nfe=max_nfe))
     steps = chain.steps
+    deterministic = {i for i in range(steps) if not stochastic_step(chain, i)}
 
     root = TreeNode(None, -1)
     nodes = 0
@@ -246,7 +253,7 @@ def diffusion_tree_sampling(
     keep = 1 if k is None else k
     history: list[dict[str, Any]] = []
     while (rollouts is None or len(rewards) < rollouts) and not root.complete:
-        path = _select(root, temperature, greedy, max_children, widening, generator)
+        path = _select(root, temperature, greedy, max_children, widening, deterministic, generator)
         parent = path[-1]
         cost = chain.segment_nfe(max(parent.step, 0), steps)
         remaining = chain.budget.remaining_nfe()
@@ -274,7 +281,7 @@ def diffusion_tree_sampling(
         for node in reversed(path):
             node.visits += 1
             node.backup(temperature)
-            _update_complete(node, steps, max_children)
+            _update_complete(node, steps, max_children, deterministic)
         if greedy:
             best.append((r, len(rewards) - 1, state.x))
             best.sort(key=lambda item: (-item[0], item[1]))

@@ -67,6 +67,28 @@ def test_class_probabilities_sum_to_one(held_out):
     torch.testing.assert_close(probs.sum(0), torch.ones(8), rtol=1e-5, atol=1e-5)
 
 
+def test_log_odds_is_the_target_logit_against_the_others(held_out):
+    """log p / (1 - p) = logit_y - logsumexp(other logits): the same ranking as log p, unbounded above, and
+    finite where log p has rounded to 0."""
+    images = held_out[0][:32]
+    logits = DigitClassifier.from_pretrained(DIGITS_CLASSIFIER).eval()(images * 2 - 1).double()
+    expected = logits[:, 3] - torch.cat([logits[:, :3], logits[:, 4:]], 1).logsumexp(1)
+    odds = digits_reward(target=3, output="log_odds")(images.double())
+    torch.testing.assert_close(odds, expected, rtol=1e-5, atol=1e-5)
+    logp = digits_reward(target=3)(images.double())
+    assert torch.equal(odds.argsort(), logp.argsort())
+    linear = torch.nn.Linear(3, 3, bias=False)  # logits = 100 x: a classifier sure to float precision
+    linear.weight.data = 100 * torch.eye(3)
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), linear)
+    confident = torch.tensor([0.4, 0.0, 0.0]).view(1, 3, 1, 1)
+    kw = {"target": 0, "preprocess": torch.nn.Identity()}
+    assert float(ClassifierReward(classifier, **kw)(confident)) == 0.0  # log p has rounded to 0
+    log_odds = float(ClassifierReward(classifier, output="log_odds", **kw)(confident))
+    assert log_odds == pytest.approx(40 - float(torch.tensor([0.0, 0.0]).logsumexp(0)), rel=1e-6)
+    with pytest.raises(ValueError, match="output"):
+        digits_reward(output="prob")
+
+
 def test_generic_loader_equals_the_bundled_classifier(held_out):
     images, labels = held_out
     classifier = DigitClassifier.from_pretrained(DIGITS_CLASSIFIER).eval()

@@ -8,8 +8,8 @@ import torch
 from counting import count_model_rows
 
 from rewards import least_squares_reward, linear_reward
-from samplers.solvers import SDEDPMSolverPP
-from search.chain import gaussian_mixture_chain
+from samplers.solvers import DPMSolverPP, SDEDPMSolverPP
+from search.chain import gaussian_mixture_chain, stochastic_step
 from search.metrics import sliced_wasserstein
 from search.tree import TreeNode, diffusion_tree_sampling, soft_value
 
@@ -135,3 +135,17 @@ def test_single_rollout(gmm2, schedule):
     assert star.x.shape == (1, 2)
     with pytest.raises(ValueError):
         diffusion_tree_sampling(chain, linear(), rollouts=1, greedy=True, k=2)
+
+
+def test_the_deterministic_last_step_is_never_branched(gmm2, schedule):
+    """The grid ends at sigma = 0, where an SDE step draws no noise: a node there gets one child, so no
+    rollout is spent re-making the same sample, and a small tree is exhausted exactly."""
+    chain = sde_chain(gmm2, schedule, 3)
+    assert [stochastic_step(chain, i) for i in range(3)] == [True, True, False]
+    result = diffusion_tree_sampling(chain, linear(), rollouts=1000, max_children=2, greedy=True,
+                                     generator=torch.Generator().manual_seed(0))  # fmt: skip
+    # 2 prior draws x 2 children at step 1 x 2 at step 2 x 1 at the last step: 8 distinct leaves, then done
+    assert len(result.history) == 8 and len(set(result.all_scores.tolist())) == 8
+    assert sorted(h["expanded_at"] for h in result.history) == [0, 0, 1, 1, 2, 2, 2, 2]
+    ode = gaussian_mixture_chain(gmm2, schedule, 3, DPMSolverPP(2))
+    assert not any(stochastic_step(ode, i) for i in range(3))
