@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -123,6 +123,9 @@ class SolverChain:
         prior: draws n starting samples ``prior(n, generator)``; by default N(0, (alpha_T^2 + sigma_T^2) I),
             the usual approximation of the marginal at the first grid point.
         budget: where model calls are charged (a fresh unlimited one by default).
+        max_batch: at most this many particles per network call (None: all at once); larger evaluations
+            are made in chunks, so memory stays bounded whatever the number of particles. The NFE charged
+            is the same (per particle).
         dtype, device: of the particles.
     """
 
@@ -139,7 +142,11 @@ class SolverChain:
         budget: Budget | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        max_batch: int | None = None,
     ):
+        if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+            raise ValueError(f"max_batch must be a positive integer or None, got {max_batch!r}")
+        self.max_batch = max_batch
         self.denoiser, self.grid, self.solver = denoiser, grid, solver
         self.shape = tuple(int(s) for s in shape)
         self.cond = dict(cond or {})
@@ -179,8 +186,16 @@ class SolverChain:
         return ChainState(self.solver.init(x, self.grid, cond))
 
     def _evaluate(self, request: Evaluation, cond: Mapping[str, torch.Tensor]) -> DenoiserOutput:
-        self.budget.charge_nfe(request.x.shape[0])
-        return _evaluate(self.denoiser, request, cond)
+        n = request.x.shape[0]
+        self.budget.charge_nfe(n)
+        if self.max_batch is None or n <= self.max_batch:
+            return _evaluate(self.denoiser, request, cond)
+        parts = []
+        for start in range(0, n, self.max_batch):
+            rows = slice(start, start + self.max_batch)
+            part_cond = {k: v[rows] if v.ndim > 0 and v.shape[0] == n else v for k, v in cond.items()}
+            parts.append(_evaluate(self.denoiser, replace(request, x=request.x[rows]), part_cond))
+        return DenoiserOutput(x0=torch.cat([p.x0 for p in parts]), eps=torch.cat([p.eps for p in parts]))
 
     def predict(self, state: ChainState) -> tuple[ChainState, torch.Tensor]:
         """(state with its model output cached, x̂0 of every particle). At the last grid point x̂0 = x."""

@@ -28,8 +28,9 @@ Exactly what is implemented (``S = steps - 1`` searched steps, grid indices ``i 
   searched step spends everything left (a rollover past it would be lost) and takes its best child.
 
 The result holds the one final sample (``x`` of shape (1, ...)) and its reward; ``history`` has one record
-per step with the quota, the NFE spent, the children proposed, whether a child beat its parent, the
-accepted look-ahead reward and the rollover carried on.
+per searched step (``step``, ``quota``, ``allowance``, ``nfe_spent``, ``children``, ``improved``,
+``parent_reward``, the accepted child's look-ahead ``reward``, the ``rollover`` carried on, ``nfe`` so far)
+and a last one for the final, unsearched step (the sample's ``reward``, the total ``nfe``).
 """
 
 from __future__ import annotations
