@@ -1,14 +1,15 @@
-"""What every pipeline adapter shares: decoding latents to [0, 1] images for rewards, and the pipeline's
-execution device and dtype."""
+"""What every pipeline adapter shares: decoding latents to [0, 1] images for rewards, the pipeline's execution
+device and dtype, and the rule for when a network call builds an autograd graph."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["pipeline_device_dtype", "vae_decoder"]
+__all__ = ["graph_if_needed", "pipeline_device_dtype", "vae_decoder"]
 
 
 def pipeline_device_dtype(pipe: Any) -> tuple[torch.device, torch.dtype]:
@@ -19,18 +20,50 @@ def pipeline_device_dtype(pipe: Any) -> tuple[torch.device, torch.dtype]:
     return pipe._execution_device, net.dtype
 
 
+def graph_if_needed(*inputs: torch.Tensor | None) -> contextlib.AbstractContextManager:
+    """Grad mode for a call of a pipeline network on ``inputs``: a graph only when one of them requires
+    grad (noise optimisation). Loaded pipelines keep ``requires_grad`` on their parameters, so without this
+    every model call and decoded batch of a search would build (and hold) a graph."""
+    wanted = any(v is not None and v.requires_grad for v in inputs)
+    return torch.set_grad_enabled(torch.is_grad_enabled() and wanted)
+
+
 def vae_decoder(vae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """latents -> images in [0, 1], (B, C, H, W): ``vae.decode(latents / scaling + shift)``, then
-    (x + 1) / 2, as the pipelines' image processors do (``shift_factor`` only where the VAE config has
-    one, as SD3 and Flux do). Differentiable (no ``no_grad``), so gradient-based methods can use it."""
-    scaling = float(vae.config.scaling_factor)
-    shift = getattr(vae.config, "shift_factor", None)
+    """latents -> images in [0, 1], (B, C, H, W), as the pipelines decode them: ``latents * std / scaling +
+    mean`` where the VAE config has ``latents_mean``/``latents_std`` (else ``latents / scaling + shift``, the
+    shift only where the config has ``shift_factor``, as SD3 and Flux do), then (x + 1) / 2. A float16 VAE
+    whose config asks for ``force_upcast`` (SDXL's) decodes in float32, as the SDXL pipeline does. A graph
+    is built only when the latents require grad (:func:`graph_if_needed`)."""
+    config = vae.config
+    scaling = float(config.scaling_factor)
+    shift = getattr(config, "shift_factor", None)
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    upcast = bool(getattr(config, "force_upcast", False)) and vae.dtype == torch.float16
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
-        z = latents.to(vae.dtype) / scaling
-        if shift is not None:
-            z = z + float(shift)
-        images = vae.decode(z, return_dict=False)[0]
+        dtype = torch.float32 if upcast else vae.dtype
+        with graph_if_needed(latents):
+            z = latents
+            if mean is not None and std is not None:
+                view = (1, -1) + (1,) * (latents.ndim - 2)
+                m = torch.tensor(mean, device=z.device, dtype=z.dtype).view(view)
+                s = torch.tensor(std, device=z.device, dtype=z.dtype).view(view)
+                z = z * s / scaling + m
+            else:
+                z = z / scaling + (float(shift) if shift is not None else 0.0)
+            images = _decode_in(vae, z.to(dtype), dtype)
         return ((images.float() + 1) / 2).clamp(0, 1)
 
     return decode
+
+
+def _decode_in(vae: Any, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``vae.decode(z)`` with the VAE's parameters in ``dtype`` for the call (restored afterwards)."""
+    original = vae.dtype
+    if dtype != original:
+        vae.to(dtype)
+    try:
+        return vae.decode(z, return_dict=False)[0]
+    finally:
+        if dtype != original:
+            vae.to(original)

@@ -1,0 +1,246 @@
+"""Flow-matching transformer pipelines (diffusers' ``StableDiffusion3Pipeline``, ``FluxPipeline``) plus one
+prompt as a search chain (:class:`search.chain.SolverChain`).
+
+The prompt is encoded once with the pipeline's own ``encode_prompt``; the chain then calls the pipeline's
+transformer exactly as the pipeline's ``__call__`` does:
+
+* SD3: ``transformer(hidden_states, timestep=1000 t, encoder_hidden_states, pooled_projections)`` on
+  (C, H/f, W/f) latents; classifier-free guidance (``guidance_scale > 1``) runs uncond + cond in one
+  batched call (:class:`samplers.denoiser.Denoiser`), ``out = u + w (c - u)``, as the pipeline does.
+* Flux: the particles are the *packed* latents, (tokens, 4 C) (``FluxPipeline._pack_latents``), and the
+  transformer gets ``timestep=t`` (the pipeline passes ``timesteps / 1000``), the constant ``img_ids`` /
+  ``txt_ids``, and, for guidance-distilled models (FLUX.1-dev, ``config.guidance_embeds``), the
+  ``guidance`` embedding input. True CFG (``true_cfg_scale > 1`` with a negative prompt) is the Denoiser's
+  guidance on the negative prompt's embeddings (one batched call where the pipeline makes two). ``decode``
+  unpacks (``_unpack_latents``) before the VAE.
+
+Time: the flow schedule alpha = 1 - t, sigma = t with the pipeline's shift -- SD3's ``config.shift`` (or a
+dynamic ``mu`` where the config asks for one), Flux's resolution-dependent ``mu`` from ``calculate_shift`` of
+the packed token count, as the pipelines compute it. The grid comes from the
+:class:`samplers.schedulers.DPMSolverPPScheduler` façade built from the pipeline's scheduler config, so the
+deterministic chain (``stochastic=False``) runs exactly the grid that ``pipe(...)`` runs with
+``pipe.scheduler = DPMSolverPPScheduler.from_config(pipe.scheduler.config)``.
+
+Flow models are deterministic under their ODE, so particle methods (FK steering, beam search, DTS,
+rollover budget forcing) need ``stochastic=True``: the flow -> SDE conversion of Kim et al. 2025
+(:func:`search.flow_chain.flow_sde_chain`), on the VP interpolant by default or on the model's own linear
+one. Methods that search over initial noise only (best-of-N, zero-order search, EvoSearch, search over
+paths) run on either chain.
+
+NFE is charged per particle evaluation by the chain; with CFG one evaluation is one batched call on
+2 rows per particle (not counted twice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+
+from samplers.denoiser import Denoiser
+from samplers.schedulers import DPMSolverPPScheduler
+from samplers.solvers import DPMSolverPP, Solver
+from search.budget import Budget
+from search.chain import SolverChain
+from search.flow_chain import INTERPOLANTS, flow_sde_chain
+
+from .common import graph_if_needed, pipeline_device_dtype, vae_decoder
+
+__all__ = ["flow_pipeline_chain", "pipeline_kind"]
+
+#: ``guidance_scale`` defaults of the pipelines' ``__call__``.
+_DEFAULT_GUIDANCE = {"sd3": 7.0, "flux": 3.5}
+#: ``max_sequence_length`` (T5 tokens) defaults of the pipelines' ``__call__``.
+_DEFAULT_MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}
+
+
+def pipeline_kind(pipe: Any) -> Literal["sd3", "flux"]:
+    """``"sd3"`` or ``"flux"``: which of the supported flow pipelines ``pipe`` is (subclasses included)."""
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    if isinstance(pipe, FluxPipeline):
+        return "flux"
+    if isinstance(pipe, StableDiffusion3Pipeline):
+        return "sd3"
+    raise TypeError(f"{type(pipe).__name__} is neither a StableDiffusion3Pipeline nor a FluxPipeline")
+
+
+def _calculate_shift(image_seq_len: int, config: Any, max_shift_default: float) -> float:
+    """The pipelines' dynamic shift ``mu`` (diffusers' ``calculate_shift``) read from a scheduler config with
+    the defaults each pipeline uses (SD3: max_shift 1.16, Flux: 1.15)."""
+    base_len = config.get("base_image_seq_len", 256)
+    max_len = config.get("max_image_seq_len", 4096)
+    base_shift = config.get("base_shift", 0.5)
+    max_shift = config.get("max_shift", max_shift_default)
+    m = (max_shift - base_shift) / (max_len - base_len)
+    b = base_shift - m * base_len
+    return image_seq_len * m + b
+
+
+def flow_pipeline_chain(
+    pipe: Any,
+    prompt: str,
+    *,
+    negative_prompt: str | None = None,
+    num_inference_steps: int = 28,
+    guidance_scale: float | None = None,
+    true_cfg_scale: float = 1.0,
+    height: int | None = None,
+    width: int | None = None,
+    max_sequence_length: int | None = None,
+    stochastic: bool = True,
+    interpolant: Literal["linear", "vp"] = "vp",
+    solver: Solver | None = None,
+    eta: float = 1.0,
+    max_batch: int | None = None,
+    budget: Budget | None = None,
+) -> SolverChain:
+    """A search chain generating images for ``prompt`` with an SD3 or Flux pipeline.
+
+    Args:
+        pipe: a ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (any device and dtype; the particles are
+            kept in float32 where the transformer runs in half precision, and cast at its boundary).
+        prompt: the prompt (one; every particle shares its embeddings).
+        negative_prompt: SD3: the unconditional branch of CFG (``""`` by default, as the pipeline). Flux:
+            the negative prompt of true CFG (only used with ``true_cfg_scale > 1``, as the pipeline).
+        num_inference_steps: steps of the chain's grid.
+        guidance_scale: SD3: the CFG weight (CFG runs only when > 1); Flux: the distilled guidance
+            embedding's value (guidance-embedded models only). Default: the pipeline's (7.0 / 3.5).
+        true_cfg_scale: Flux only: true classifier-free guidance on ``negative_prompt`` when > 1 and a
+            negative prompt is given (as ``FluxPipeline``).
+        height, width: image size in pixels (default: the pipeline's default size).
+        max_sequence_length: T5 tokens of the prompt encoding (default: the pipeline's, 256 / 512).
+        stochastic: ``False``: the probability-flow ODE on the pipeline's grid (deterministic; the same run as
+            the pipeline with ``DPMSolverPPScheduler``); ``True``: the flow -> SDE chain
+            (:func:`search.flow_chain.flow_sde_chain`), what particle methods need.
+        interpolant: the stochastic chain's interpolant: ``"vp"`` (default) or ``"linear"``.
+        solver: ODE: default ``DPMSolverPP(2)``; SDE: default ``SDEDPMSolverPP(2, eta=eta)``.
+        eta: the SDE's stochasticity when ``solver`` is not given (1: the reverse SDE).
+        max_batch: at most this many particles per transformer call (CFG doubles the rows of a call).
+        budget: where the chain charges model calls (a fresh one by default).
+
+    Returns:
+        a :class:`~search.chain.SolverChain` whose ``decode`` gives (B, 3, height, width) images in [0, 1].
+    """
+    kind = pipeline_kind(pipe)
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+    if stochastic and interpolant not in INTERPOLANTS:
+        raise ValueError(f"interpolant must be one of {INTERPOLANTS}, got {interpolant!r}")
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be one string, got {type(prompt).__name__}")
+    device, net_dtype = pipeline_device_dtype(pipe)
+    guidance_scale = _DEFAULT_GUIDANCE[kind] if guidance_scale is None else float(guidance_scale)
+    max_sequence_length = max_sequence_length or _DEFAULT_MAX_SEQUENCE_LENGTH[kind]
+    height = height or pipe.default_sample_size * pipe.vae_scale_factor
+    width = width or pipe.default_sample_size * pipe.vae_scale_factor
+    transformer = pipe.transformer
+    config = pipe.scheduler.config
+    decode_latents = vae_decoder(pipe.vae)
+
+    if kind == "sd3":
+        factor = pipe.vae_scale_factor
+        shape = (transformer.config.in_channels, int(height) // factor, int(width) // factor)
+        mu = None
+        if config.get("use_dynamic_shifting", None):
+            patch = transformer.config.patch_size
+            mu = _calculate_shift((shape[1] // patch) * (shape[2] // patch), config, 1.16)
+        cfg = guidance_scale > 1
+        with torch.no_grad():
+            embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
+                prompt=prompt,
+                prompt_2=None,
+                prompt_3=None,
+                negative_prompt=negative_prompt,
+                do_classifier_free_guidance=cfg,
+                device=device,
+                max_sequence_length=max_sequence_length,
+            )
+        cond = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+        uncond = {"encoder_hidden_states": neg_embeds, "pooled_projections": neg_pooled} if cfg else None
+
+        def net(x: torch.Tensor, t: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
+            with graph_if_needed(x, *kw.values()):
+                out = transformer(hidden_states=x.to(net_dtype), timestep=t, return_dict=False, **kw)[0]
+            return out.to(x.dtype)
+
+        denoiser = Denoiser(
+            net,
+            "flow",
+            guidance_scale=guidance_scale if cfg else None,
+            uncond=uncond,
+            time_fn=lambda t: 1000 * t,
+        )
+        decode: Callable[[torch.Tensor], torch.Tensor] = decode_latents
+    else:
+        factor = pipe.vae_scale_factor
+        lat_h, lat_w = 2 * (int(height) // (factor * 2)), 2 * (int(width) // (factor * 2))
+        channels = transformer.config.in_channels // 4
+        shape = ((lat_h // 2) * (lat_w // 2), channels * 4)
+        mu = _calculate_shift(shape[0], config, 1.15)
+        true_cfg = true_cfg_scale > 1 and negative_prompt is not None
+        with torch.no_grad():
+            embeds, pooled, text_ids = pipe.encode_prompt(
+                prompt=prompt, prompt_2=None, device=device, max_sequence_length=max_sequence_length
+            )
+            if true_cfg:
+                neg_embeds, neg_pooled, neg_text_ids = pipe.encode_prompt(
+                    prompt=negative_prompt,
+                    prompt_2=None,
+                    device=device,
+                    max_sequence_length=max_sequence_length,
+                )
+                if neg_text_ids.shape != text_ids.shape:
+                    raise ValueError("prompt and negative prompt encodings differ in length")
+        img_ids = pipe._prepare_latent_image_ids(1, lat_h // 2, lat_w // 2, device, embeds.dtype)
+        cond = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+        if transformer.config.guidance_embeds:
+            cond["guidance"] = torch.full([1], guidance_scale, device=device, dtype=torch.float32)
+        uncond = None
+        if true_cfg:
+            uncond = {"encoder_hidden_states": neg_embeds, "pooled_projections": neg_pooled}
+            if "guidance" in cond:
+                uncond["guidance"] = cond["guidance"]
+
+        def net(x: torch.Tensor, t: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
+            with graph_if_needed(x, *kw.values()):
+                out = transformer(
+                    hidden_states=x.to(net_dtype),
+                    timestep=t.to(net_dtype),
+                    txt_ids=text_ids,
+                    img_ids=img_ids,
+                    return_dict=False,
+                    **kw,
+                )[0]
+            return out.to(x.dtype)
+
+        denoiser = Denoiser(net, "flow", guidance_scale=true_cfg_scale if true_cfg else None, uncond=uncond)
+
+        def decode(x0: torch.Tensor) -> torch.Tensor:
+            return decode_latents(pipe._unpack_latents(x0, height, width, factor))
+
+    # the pipeline's grid, through the scheduler façade (the pipeline with this scheduler runs the same one)
+    facade = DPMSolverPPScheduler.from_config(config)
+    facade.set_timesteps(num_inference_steps, mu=mu)
+    schedule = facade.schedule_for(mu)
+    particle_dtype = torch.float32 if net_dtype in (torch.float16, torch.bfloat16) else net_dtype
+    chain_kwargs: dict[str, Any] = dict(
+        cond=cond, decode=decode, budget=budget, dtype=particle_dtype, device=device, max_batch=max_batch
+    )
+    if not stochastic:
+        solver = solver if solver is not None else DPMSolverPP(2)
+        if solver.is_stochastic:
+            raise ValueError(f"stochastic=False needs a deterministic solver, got {solver.name} (eta > 0)")
+        return SolverChain(denoiser, facade.grid, solver, shape, **chain_kwargs)
+    return flow_sde_chain(
+        denoiser,
+        shape,
+        num_inference_steps,
+        interpolant=interpolant,
+        source=schedule,
+        solver=solver,
+        eta=eta,
+        grid_kind="uniform_t",
+        **chain_kwargs,
+    )
