@@ -26,6 +26,7 @@ from .metrics import sliced_wasserstein
 from .noise_optimisation import chi_log_density, noise_optimisation
 from .noise_search import NEIGHBOURHOODS, pcn_neighbours, sphere_neighbours, zero_order_search
 from .path_search import path_cost, path_schedule, path_search
+from .registry import SEARCH_METHODS, SearchMethod, get_search, run_search
 from .resample import (
     RESAMPLERS,
     effective_sample_size,
@@ -41,6 +42,10 @@ from .rollover import rollover_budget_forcing, rollover_quotas
 from .tree import TreeNode, diffusion_tree_sampling, soft_value
 
 __all__ = [
+    "SEARCH_METHODS",
+    "SearchMethod",
+    "get_search",
+    "run_search",
     "INTERPOLANTS",
     "flow_sde_chain",
     "rollover_budget_forcing",
