@@ -7,7 +7,8 @@ Flux or the bundled digits pipeline. Its ``__call__`` takes the wrapped pipeline
 conventions) plus the search's metadata: per prompt, the returned sample's reward, the NFE spent and the
 method's history. With ``search=None`` it *is* the pipeline call (same seed, same pixels).
 
-Each prompt becomes a chain through :mod:`pipelines.adapters` (the prompt encoded once, CFG in one batched
+Video pipelines (Wan) take ``num_frames`` and return ``.frames`` as they do. Each prompt becomes a chain
+through :mod:`pipelines.adapters` (the prompt encoded once, CFG in one batched
 call, the pipeline's latent shape and VAE decoding for look-ahead rewards) and the method runs on it
 (:func:`search.registry.run_search`): particle and tree methods on the stochastic chain (the SDE solver, or
 for flow models the flow -> SDE conversion on the VP interpolant), noise-search methods on the ODE chain.
@@ -41,6 +42,11 @@ class SearchPipelineOutput:
     scores: list[float] = field(default_factory=list)
     nfe: list[int] = field(default_factory=list)
     history: list[list[dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def frames(self) -> Any:
+        """Video pipelines' name for the output (``.frames``, as their own outputs have it)."""
+        return self.images
 
 
 class SearchPipeline:
@@ -105,7 +111,7 @@ class SearchPipeline:
 
             solver = SDEDPMSolverPP(2) if stochastic else DPMSolverPP(2)
             return stable_diffusion_chain(self.pipe, prompt, solver=solver, max_batch=batch, **kwargs)
-        assert pipeline_kind(self.pipe) in ("sd3", "flux")
+        pipeline_kind(self.pipe)  # a TypeError for a pipeline no adapter supports
         return flow_pipeline_chain(self.pipe, prompt, stochastic=stochastic, max_batch=batch, **kwargs)
 
     def __call__(
@@ -117,6 +123,7 @@ class SearchPipeline:
         negative_prompt: str | None = None,
         height: int | None = None,
         width: int | None = None,
+        num_frames: int | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -135,6 +142,7 @@ class SearchPipeline:
             "negative_prompt": negative_prompt,
             "height": height,
             "width": width,
+            "num_frames": num_frames,
         }
         if search is None:
             plain = {k: v for k, v in call.items() if v is not None}
@@ -216,6 +224,8 @@ def _as_output(pipe: Any, images: torch.Tensor, output_type: str) -> Any:
             return images * 2 - 1
         pixels = to_uint8(images * 2 - 1)
         return pixels if output_type == "np" else [Image.fromarray(p[..., 0]) for p in pixels]
+    if images.ndim == 5:  # video frames (B, F, C, H, W) in [0, 1]: as the video pipeline post-processes
+        return pipe.video_processor.postprocess_video(images.transpose(1, 2) * 2 - 1, output_type=output_type)
     if output_type == "pt":
         return images
     array = images.permute(0, 2, 3, 1).numpy().astype(np.float32)

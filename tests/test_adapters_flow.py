@@ -1,7 +1,7 @@
-"""SD3 / Flux pipelines as search chains (pipelines.adapters.flow), on the tiny offline pipelines: the ODE
-chain reproduces ``pipe(...)`` with the DPM-Solver++ façade from the same latents, every search method runs
-end-to-end with its NFE equal to an independent count of transformer rows, and the SDE chains (linear and VP
-interpolants) run and are reproducible under a fixed generator."""
+"""SD3 / Flux / Wan pipelines as search chains (pipelines.adapters.flow), on the tiny offline pipelines: the
+ODE chain reproduces ``pipe(...)`` with the DPM-Solver++ façade from the same latents, every search method
+runs end-to-end with its NFE equal to an independent count of transformer rows, and the SDE chains (linear
+and VP interpolants) run and are reproducible under a fixed generator."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from threads import one_thread
-from tiny_pipelines import CALL_KWARGS, PROMPT, T5_MAX_LENGTH, tiny_flux, tiny_sd3
+from tiny_pipelines import CALL_KWARGS, PROMPT, T5_MAX_LENGTH, tiny_flux, tiny_sd3, tiny_wan
 
 from pipelines.adapters.flow import flow_pipeline_chain
 from rewards import Reward
@@ -33,7 +33,7 @@ from search.chain import advance
 
 STEPS = 4
 SIZE = 32
-FACTORIES = {"sd3": tiny_sd3, "flux": tiny_flux}
+FACTORIES = {"sd3": tiny_sd3, "flux": tiny_flux, "wan": tiny_wan}
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_the_chains_condition_on_the_prompt(pipes):
 
 
 def test_bad_inputs_fail_clearly(pipes):
-    with pytest.raises(TypeError, match="neither"):
+    with pytest.raises(TypeError, match="is not a StableDiffusion3Pipeline, FluxPipeline or WanPipeline"):
         flow_pipeline_chain(object(), PROMPT)
     with pytest.raises(ValueError, match="interpolant"):
         make_chain(pipes, "sd3-cfg", interpolant="cosine")
@@ -250,3 +250,47 @@ def test_bad_inputs_fail_clearly(pipes):
         from samplers.solvers import SDEDPMSolverPP
 
         make_chain(pipes, "sd3-cfg", stochastic=False, solver=SDEDPMSolverPP(2))
+
+
+# --------------------------------------------------------------------------- video: Wan
+
+
+def test_wan_ode_chain_reproduces_the_pipeline_and_decodes_frames(pipes):
+    """The Wan text-to-video chain == ``pipe(...)`` with the DPM-Solver++ façade from the same latents (CFG
+    with a negative prompt); frames come out (B, F, C, H, W) in [0, 1], as the pipeline's "pt" output."""
+    pipe, kw = pipes["wan"], {k: v for k, v in CALL_KWARGS["wan"].items() if k != "output_type"}
+    options = {k: kw[k] for k in ("negative_prompt", "guidance_scale", "height", "width", "num_frames")}
+    chain = flow_pipeline_chain(pipe, kw["prompt"], num_inference_steps=STEPS, stochastic=False,
+                                max_sequence_length=kw["max_sequence_length"], **options)  # fmt: skip
+    assert chain.shape == (16, 2, 4, 4)  # 5 frames -> 2 latent frames; 32 px -> 4
+    latents = torch.randn(1, *chain.shape, generator=torch.Generator().manual_seed(0))
+    final = advance(chain, chain.start(latents))
+    frames = chain.decode(final.x)
+    original = pipe.scheduler
+    try:
+        pipe.scheduler = DPMSolverPPScheduler.from_config(pipe.scheduler.config)
+        reference = pipe(**kw, num_inference_steps=STEPS, latents=latents, output_type="pt").frames
+    finally:
+        pipe.scheduler = original
+    assert frames.shape == reference.shape == (1, 5, 3, SIZE, SIZE)
+    torch.testing.assert_close(frames, reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["fk_steering", "best_of_n", "rollover_budget_forcing"])
+def test_wan_search_counts_transformer_rows(pipes, method):
+    run, stochastic, options = METHODS[method]
+    chain = flow_pipeline_chain(pipes["wan"], PROMPT, negative_prompt="blurry", num_inference_steps=STEPS,
+                                guidance_scale=5.0, height=SIZE, width=SIZE, num_frames=5,
+                                max_sequence_length=T5_MAX_LENGTH, stochastic=stochastic)  # fmt: skip
+    with counting_rows(pipes["wan"]) as rows:
+        result = run(chain, VideoBrightness(), generator=torch.Generator().manual_seed(1), **options)
+    assert result.nfe * 2 == rows[0] > 0
+    assert result.samples.shape[1:] == (5, 3, SIZE, SIZE)
+
+
+class VideoBrightness(Reward):
+    modality = "video"
+    scale = "mean pixel value in [0, 1]"
+
+    def score(self, samples: torch.Tensor, prompts: Any) -> torch.Tensor:
+        return samples.mean(dim=(1, 2, 3, 4))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from threads import one_thread
-from tiny_pipelines import tiny_sd
+from tiny_pipelines import tiny_sd, tiny_wan
 
 from pipelines.digits import DIGITS_MODEL, DigitsPipeline
 from pipelines.search_pipeline import SearchPipeline
@@ -110,3 +110,24 @@ def test_bad_settings_fail_before_any_work(sd):
         pipe("a cube", num_inference_steps=STEPS, eta=0.5)
     with pytest.raises(ValueError, match="output_type"):
         pipe("a cube", num_inference_steps=STEPS, output_type="latent")
+
+
+class VideoBrightness(Reward):
+    modality = "video"
+    scale = "mean pixel value in [0, 1]"
+
+    def score(self, samples, prompts):
+        return samples.mean((1, 2, 3, 4))
+
+
+def test_video_pipelines_return_frames_as_they_do():
+    wan = tiny_wan()
+    kw = {"num_inference_steps": STEPS, "height": 32, "width": 32, "num_frames": 5, "guidance_scale": 5.0}
+    pipe = SearchPipeline.from_pipeline(wan, search="smc", reward=VideoBrightness(), particles=2)
+    with one_thread():
+        plain = pipe("a cat", search=None, generator=seeded(0), output_type="np", **kw).frames
+        searched = pipe("a cat", generator=seeded(0), output_type="np", **kw)
+        as_pt = pipe("a cat", generator=seeded(0), output_type="pt", **kw).frames
+    assert plain.shape == searched.frames.shape == (1, 5, 32, 32, 3)
+    assert as_pt.shape == (1, 5, 3, 32, 32)
+    assert float(as_pt.mean()) == pytest.approx(searched.scores[0], abs=1e-5)

@@ -32,10 +32,12 @@ def vae_decoder(vae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """latents -> images in [0, 1], (B, C, H, W), as the pipelines decode them: ``latents * std / scaling +
     mean`` where the VAE config has ``latents_mean``/``latents_std`` (else ``latents / scaling + shift``, the
     shift only where the config has ``shift_factor``, as SD3 and Flux do), then (x + 1) / 2. A float16 VAE
-    whose config asks for ``force_upcast`` (SDXL's) decodes in float32, as the SDXL pipeline does. A graph
-    is built only when the latents require grad (:func:`graph_if_needed`)."""
+    whose config asks for ``force_upcast`` (SDXL's) decodes in float32, as the SDXL pipeline does. Video
+    latents (B, C, F, h, w) decode to frames (B, F, C, H, W), the layout video rewards take (Wan's VAE has
+    latent statistics and no scaling factor: z = latents * std + mean). A graph is built only when the
+    latents require grad (:func:`graph_if_needed`)."""
     config = vae.config
-    scaling = float(config.scaling_factor)
+    scaling = float(getattr(config, "scaling_factor", None) or 1.0)  # video VAEs (Wan) have none
     shift = getattr(config, "shift_factor", None)
     mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
     upcast = bool(getattr(config, "force_upcast", False)) and vae.dtype == torch.float16
@@ -52,6 +54,8 @@ def vae_decoder(vae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
             else:
                 z = z / scaling + (float(shift) if shift is not None else 0.0)
             images = _decode_in(vae, z.to(dtype), dtype)
+        if images.ndim == 5:  # a video VAE decodes (B, C, F, H, W); video rewards take (B, F, C, H, W)
+            images = images.transpose(1, 2)
         return ((images.float() + 1) / 2).clamp(0, 1)
 
     return decode

@@ -1,5 +1,5 @@
-"""Flow-matching transformer pipelines (diffusers' ``StableDiffusion3Pipeline``, ``FluxPipeline``) plus one
-prompt as a search chain (:class:`search.chain.SolverChain`).
+"""Flow-matching transformer pipelines (diffusers' ``StableDiffusion3Pipeline``, ``FluxPipeline``, and the
+video ``WanPipeline``) plus one prompt as a search chain (:class:`search.chain.SolverChain`).
 
 The prompt is encoded once with the pipeline's own ``encode_prompt``; the chain then calls the pipeline's
 transformer exactly as the pipeline's ``__call__`` does:
@@ -13,6 +13,10 @@ transformer exactly as the pipeline's ``__call__`` does:
   ``guidance`` embedding input. True CFG (``true_cfg_scale > 1`` with a negative prompt) is the Denoiser's
   guidance on the negative prompt's embeddings (one batched call where the pipeline makes two). ``decode``
   unpacks (``_unpack_latents``) before the VAE.
+* Wan (text to video): ``transformer(hidden_states, timestep=1000 t, encoder_hidden_states)`` on
+  (C, F', H/8, W/8) video latents (F' = (frames - 1) / 4 + 1), CFG as SD3; ``decode`` gives frames
+  (B, F, 3, H, W) in [0, 1], the layout video rewards take. Wan 2.2's two-expert ``transformer_2`` is not
+  supported (a ValueError).
 
 Time: the flow schedule alpha = 1 - t, sigma = t with the pipeline's shift -- SD3's ``config.shift`` (or a
 dynamic ``mu`` where the config asks for one), Flux's resolution-dependent ``mu`` from ``calculate_shift`` of
@@ -50,20 +54,25 @@ from .common import graph_if_needed, pipeline_device_dtype, vae_decoder
 __all__ = ["flow_pipeline_chain", "pipeline_kind"]
 
 #: ``guidance_scale`` defaults of the pipelines' ``__call__``.
-_DEFAULT_GUIDANCE = {"sd3": 7.0, "flux": 3.5}
+_DEFAULT_GUIDANCE = {"sd3": 7.0, "flux": 3.5, "wan": 5.0}
 #: ``max_sequence_length`` (T5 tokens) defaults of the pipelines' ``__call__``.
-_DEFAULT_MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}
+_DEFAULT_MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512, "wan": 512}
+#: Wan's ``__call__`` defaults: height, width, frames.
+_WAN_SIZE = (480, 832, 81)
 
 
-def pipeline_kind(pipe: Any) -> Literal["sd3", "flux"]:
-    """``"sd3"`` or ``"flux"``: which of the supported flow pipelines ``pipe`` is (subclasses included)."""
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+def pipeline_kind(pipe: Any) -> Literal["sd3", "flux", "wan"]:
+    """``"sd3"``, ``"flux"`` or ``"wan"``: which of the supported flow pipelines ``pipe`` is (subclasses
+    included)."""
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, WanPipeline
 
     if isinstance(pipe, FluxPipeline):
         return "flux"
     if isinstance(pipe, StableDiffusion3Pipeline):
         return "sd3"
-    raise TypeError(f"{type(pipe).__name__} is neither a StableDiffusion3Pipeline nor a FluxPipeline")
+    if isinstance(pipe, WanPipeline):
+        return "wan"
+    raise TypeError(f"{type(pipe).__name__} is not a StableDiffusion3Pipeline, FluxPipeline or WanPipeline")
 
 
 def _calculate_shift(image_seq_len: int, config: Any, max_shift_default: float) -> float:
@@ -78,6 +87,23 @@ def _calculate_shift(image_seq_len: int, config: Any, max_shift_default: float) 
     return image_seq_len * m + b
 
 
+def _transformer_net(
+    transformer: Any, net_dtype: torch.dtype, timestep_dtype: torch.dtype | None = None, **constants: Any
+) -> Callable[..., torch.Tensor]:
+    """``net(x, t, **cond)``: the transformer on particles x (cast to its dtype) at timestep t, with the
+    per-particle conditioning and the ``constants`` (Flux's position ids), back in the particles' dtype."""
+
+    def net(x: torch.Tensor, t: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
+        timestep = t if timestep_dtype is None else t.to(timestep_dtype)
+        with graph_if_needed(x, *kw.values()):
+            out = transformer(
+                hidden_states=x.to(net_dtype), timestep=timestep, return_dict=False, **constants, **kw
+            )
+        return out[0].to(x.dtype)
+
+    return net
+
+
 def flow_pipeline_chain(
     pipe: Any,
     prompt: str,
@@ -88,6 +114,7 @@ def flow_pipeline_chain(
     true_cfg_scale: float = 1.0,
     height: int | None = None,
     width: int | None = None,
+    num_frames: int | None = None,
     max_sequence_length: int | None = None,
     stochastic: bool = True,
     interpolant: Literal["linear", "vp"] = "vp",
@@ -110,6 +137,7 @@ def flow_pipeline_chain(
         true_cfg_scale: Flux only: true classifier-free guidance on ``negative_prompt`` when > 1 and a
             negative prompt is given (as ``FluxPipeline``).
         height, width: image size in pixels (default: the pipeline's default size).
+        num_frames: Wan only: frames of the video (default 81, as the pipeline).
         max_sequence_length: T5 tokens of the prompt encoding (default: the pipeline's, 256 / 512).
         stochastic: ``False``: the probability-flow ODE on the pipeline's grid (deterministic; the same run as
             the pipeline with ``DPMSolverPPScheduler``); ``True``: the flow -> SDE chain
@@ -133,13 +161,40 @@ def flow_pipeline_chain(
     device, net_dtype = pipeline_device_dtype(pipe)
     guidance_scale = _DEFAULT_GUIDANCE[kind] if guidance_scale is None else float(guidance_scale)
     max_sequence_length = max_sequence_length or _DEFAULT_MAX_SEQUENCE_LENGTH[kind]
-    height = height or pipe.default_sample_size * pipe.vae_scale_factor
-    width = width or pipe.default_sample_size * pipe.vae_scale_factor
+    if kind == "wan":
+        height, width = height or _WAN_SIZE[0], width or _WAN_SIZE[1]
+    else:
+        height = height or pipe.default_sample_size * pipe.vae_scale_factor
+        width = width or pipe.default_sample_size * pipe.vae_scale_factor
     transformer = pipe.transformer
     config = pipe.scheduler.config
     decode_latents = vae_decoder(pipe.vae)
 
-    if kind == "sd3":
+    if kind == "wan":
+        if getattr(pipe, "transformer_2", None) is not None:
+            raise ValueError("Wan 2.2's two-expert denoising (transformer_2) is not supported")
+        frames = num_frames or _WAN_SIZE[2]
+        spatial, temporal = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
+        shape = (transformer.config.in_channels, (frames - 1) // temporal + 1, height // spatial,
+                 width // spatial)  # fmt: skip
+        mu = None
+        cfg = guidance_scale > 1
+        with torch.no_grad():
+            embeds, neg_embeds = pipe.encode_prompt(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                do_classifier_free_guidance=cfg,
+                max_sequence_length=max_sequence_length,
+                device=device,
+            )
+        cond = {"encoder_hidden_states": embeds}
+        uncond = {"encoder_hidden_states": neg_embeds} if cfg else None
+
+        net = _transformer_net(transformer, net_dtype)
+        denoiser = Denoiser(net, "flow", guidance_scale=guidance_scale if cfg else None, uncond=uncond,
+                            time_fn=lambda t: 1000 * t)  # fmt: skip
+        decode: Callable[[torch.Tensor], torch.Tensor] = decode_latents
+    elif kind == "sd3":
         factor = pipe.vae_scale_factor
         shape = (transformer.config.in_channels, int(height) // factor, int(width) // factor)
         mu = None
@@ -160,10 +215,7 @@ def flow_pipeline_chain(
         cond = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
         uncond = {"encoder_hidden_states": neg_embeds, "pooled_projections": neg_pooled} if cfg else None
 
-        def net(x: torch.Tensor, t: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
-            with graph_if_needed(x, *kw.values()):
-                out = transformer(hidden_states=x.to(net_dtype), timestep=t, return_dict=False, **kw)[0]
-            return out.to(x.dtype)
+        net = _transformer_net(transformer, net_dtype)
 
         denoiser = Denoiser(
             net,
@@ -172,7 +224,7 @@ def flow_pipeline_chain(
             uncond=uncond,
             time_fn=lambda t: 1000 * t,
         )
-        decode: Callable[[torch.Tensor], torch.Tensor] = decode_latents
+        decode = decode_latents
     else:
         factor = pipe.vae_scale_factor
         lat_h, lat_w = 2 * (int(height) // (factor * 2)), 2 * (int(width) // (factor * 2))
@@ -203,17 +255,9 @@ def flow_pipeline_chain(
             if "guidance" in cond:
                 uncond["guidance"] = cond["guidance"]
 
-        def net(x: torch.Tensor, t: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
-            with graph_if_needed(x, *kw.values()):
-                out = transformer(
-                    hidden_states=x.to(net_dtype),
-                    timestep=t.to(net_dtype),
-                    txt_ids=text_ids,
-                    img_ids=img_ids,
-                    return_dict=False,
-                    **kw,
-                )[0]
-            return out.to(x.dtype)
+        net = _transformer_net(
+            transformer, net_dtype, timestep_dtype=net_dtype, txt_ids=text_ids, img_ids=img_ids
+        )
 
         denoiser = Denoiser(net, "flow", guidance_scale=true_cfg_scale if true_cfg else None, uncond=uncond)
 
