@@ -109,6 +109,13 @@ def _generate(args: argparse.Namespace) -> int:
             f"{result['skipped']} already done; images in {result['out']}/images, "
             f"grids in {result['out']}/grids"
         )
+        found = result.get("search")
+        if found and found["mean_reward"] is not None:
+            print(
+                f"dsample: search {found['search']} ({found['particles']} particles): mean "
+                f"{found['reward_name']} reward {found['mean_reward']:.4g}, mean NFE {found['mean_nfe']:.4g} "
+                "per image (this run's images; each one's in manifest.jsonl)"
+            )
     return 0
 
 
@@ -149,6 +156,29 @@ def _add_generate(sub) -> None:
     )
     gen.add_argument("--out", default="outputs", help="output directory (default ./outputs)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    from search.registry import SEARCH_METHODS
+
+    gen.add_argument(
+        "--search",
+        default=None,
+        metavar="METHOD",
+        help=f"inference-time search for each image: {', '.join(SEARCH_METHODS)} (or an alias: best-of-n, "
+        "fk, dts*, evosearch, zo); needs --reward; images are then made one at a time",
+    )
+    gen.add_argument(
+        "--particles", type=int, default=None, help="the search's size (particles, beams, ...; default 8)"
+    )
+    gen.add_argument("--max-nfe", type=int, default=None, help="the search's NFE budget per image")
+    gen.add_argument(
+        "--reward", default=None, help="what --search maximises: a name of `dsample rewards` or module:Class"
+    )
+    gen.add_argument(
+        "--reward-option",
+        dest="reward_options",
+        action="append",
+        metavar="KEY=VALUE",
+        help="reward constructor option, repeatable (as `dsample score --option`)",
+    )
     gen.set_defaults(func=_generate)
 
 
@@ -203,6 +233,39 @@ def _add_score(sub) -> None:
     score.set_defaults(func=_score)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .prompts import UsageError
+    from .report import write_report
+
+    try:
+        path = write_report(args.run, out=args.out, reward=args.reward)
+    except UsageError as err:
+        print(f"dsample: error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def _add_report(sub) -> None:
+    report = sub.add_parser(
+        "report",
+        help="write a self-contained HTML gallery of a `generate` run",
+        description="Write RUN/report.html: the run's parameters, every image (embedded) best reward "
+        "first, a per-prompt summary and, for search runs, reward against NFE. The reward is the "
+        "manifest's search reward or RUN/scores/NAME.jsonl from `dsample score`.",
+    )
+    report.add_argument("run", metavar="RUN", help="a `dsample generate` output directory")
+    report.add_argument(
+        "--reward",
+        default=None,
+        metavar="NAME",
+        help="sort by RUN/scores/NAME.jsonl, or 'manifest' for the search reward "
+        "(default: the search reward, else the only scores file)",
+    )
+    report.add_argument("--out", default=None, metavar="FILE", help="output file (default RUN/report.html)")
+    report.set_defaults(func=_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dsample", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("solvers", help="list solver presets").set_defaults(func=_solvers)
     _add_generate(sub)
     _add_score(sub)
+    _add_report(sub)
     sub.add_parser("rewards", help="list the rewards by name").set_defaults(func=_rewards)
     return parser
 

@@ -10,15 +10,20 @@
   round-robin to the processes: prompt ``i`` belongs to rank ``i mod N``, so there are no duplicates or
   gaps. (On a machine without GPUs, ``accelerate launch`` starts N processes only with ``--multi_gpu``,
   which then uses gloo; with ``--cpu`` or no flag it starts one.)
+* With ``search`` (``--search smc --particles 8 --reward digits``) each image is the result of an
+  inference-time search (:class:`pipelines.search_pipeline.SearchPipeline`) for its prompt, seeded by the
+  image's own seed; images are then made one at a time (``batch_size`` bounds the particles per network
+  call instead), and the manifest records each image's reward and the NFE spent on it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,9 @@ from .sampler_names import DEFAULT_SAMPLER, SamplerSpec, resolve_sampler
 __all__ = ["GenerateOptions", "ImageJob", "generate", "image_seed", "plan_jobs", "load_model"]
 
 BUNDLED_DIGITS = "digits"
+DEFAULT_PARTICLES = 8
+#: the search configuration of an image, as its manifest line records it (None/absent without search)
+SEARCH_KEYS = ("search", "particles", "max_nfe", "reward_name", "reward_options")
 
 
 def image_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -68,6 +76,12 @@ class GenerateOptions:
     out: str = "outputs"
     device: str | None = None
     quiet: bool = False
+    # inference-time search (None: plain generation)
+    search: str | None = None
+    particles: int | None = None  # None: DEFAULT_PARTICLES with search
+    max_nfe: int | None = None
+    reward: str | None = None  # a registered reward name or an importable "module:Class"
+    reward_options: Mapping[str, Any] | Sequence[str] | None = None  # a dict, or "key=value" strings
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,7 @@ class ImageJob:
     prompt: str
     settings: dict[str, Any]  # steps, guidance, seed, sampler, negative_prompt, width, height
     sampler: SamplerSpec
+    search: dict[str, Any] | None = None  # SEARCH_KEYS -> values, None without search
 
     @property
     def seed(self) -> int:
@@ -189,6 +204,106 @@ def load_model(model: str, device: str | None) -> DigitsModel | DiffusersModel:
         raise UsageError(f"cannot load model {model!r}: {message}") from None
 
 
+# ---------------------------------------------------------------------------------------------- search
+def search_config(opts: GenerateOptions) -> dict[str, Any] | None:
+    """The run's search settings (:data:`SEARCH_KEYS`, canonical names), or None; ``UsageError`` if bad."""
+    from search.registry import get_search
+
+    if opts.search is None:
+        given = {
+            "--reward": opts.reward is not None,
+            "--particles": opts.particles is not None,
+            "--max-nfe": opts.max_nfe is not None,
+            "--reward-option": bool(opts.reward_options),
+        }
+        extra = [flag for flag, present in given.items() if present]
+        if extra:
+            raise UsageError(f"{', '.join(extra)} given without --search")
+        return None
+    try:
+        method = get_search(opts.search)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if not opts.reward:
+        raise UsageError(f"--search {opts.search} needs --reward (see `dsample rewards`, or module:Class)")
+    particles = DEFAULT_PARTICLES if opts.particles is None else opts.particles
+    if particles < 1:
+        raise UsageError(f"--particles must be >= 1, got {particles}")
+    if opts.max_nfe is not None and opts.max_nfe < 1:
+        raise UsageError(f"--max-nfe must be >= 1, got {opts.max_nfe}")
+    if ":" in opts.reward:
+        reward_name = opts.reward.strip()
+    else:
+        from rewards.registry import canonical_reward_name
+
+        try:
+            reward_name = canonical_reward_name(opts.reward)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    return {
+        "search": method.name,
+        "particles": particles,
+        "max_nfe": opts.max_nfe,
+        "reward_name": reward_name,
+        "reward_options": _reward_options(opts.reward_options),
+    }
+
+
+def _reward_options(options: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if isinstance(options, Mapping):
+        return dict(options)
+    from .score import parse_option
+
+    return dict(parse_option(text) for text in options)
+
+
+def load_search_reward(config: dict[str, Any], device: str | torch.device | None):
+    """The reward of a :func:`search_config`: a registered name or an importable ``module:Class``."""
+    name, options = config["reward_name"], config["reward_options"]
+    if ":" not in name:
+        from .score import ScoreOptions, _build_reward
+
+        return _build_reward(ScoreOptions(run="", reward=name, options=options, device=device))[1]
+    module, _, attribute = name.partition(":")
+    try:
+        constructor = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise UsageError(f"cannot import reward {name!r}: {err}") from None
+    try:
+        reward = constructor(**options)
+    except TypeError as err:
+        raise UsageError(f"reward {name!r}: {err}") from None
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise UsageError(f"reward {name!r} could not be loaded: {err}") from None
+    if not callable(reward) or getattr(reward, "modality", "image") != "image":
+        raise UsageError(f"reward {name!r} does not score images")
+    if device is not None and hasattr(reward, "to"):
+        reward.to(device)
+    return reward
+
+
+def _search_one(model, searcher, job: ImageJob) -> tuple[Image.Image, float, int]:
+    """One image by search, with the image's own seed: (image, its reward, NFE spent)."""
+    s = job.settings
+    device = getattr(model.pipe, "_execution_device", None) or model.pipe.device
+    kwargs: dict[str, Any] = {
+        "num_inference_steps": s["steps"],
+        "guidance_scale": s["guidance"],
+        # on the chain's device: the search draws its prior there
+        "generator": torch.Generator(device=device).manual_seed(job.seed),
+        "output_type": "pil",
+    }
+    if s["negative_prompt"]:
+        kwargs["negative_prompt"] = s["negative_prompt"]
+    for key in ("width", "height"):
+        if s[key] is not None:
+            kwargs[key] = s[key]
+    out = searcher(job.prompt, **kwargs)
+    return out.images[0], float(out.scores[0]), int(out.nfe[0])
+
+
 # ---------------------------------------------------------------------------------------------- planning
 def plan_jobs(specs: list[PromptSpec], opts: GenerateOptions, model) -> list[ImageJob]:
     """Every image of the run, in (prompt, sample) order, with its settings; ``UsageError`` on bad input."""
@@ -205,6 +320,7 @@ def plan_jobs(specs: list[PromptSpec], opts: GenerateOptions, model) -> list[Ima
         },
         "command line",
     )
+    search = search_config(opts)
     samplers: dict[str, SamplerSpec] = {}
     jobs = []
     for p, spec in enumerate(specs):
@@ -217,6 +333,8 @@ def plan_jobs(specs: list[PromptSpec], opts: GenerateOptions, model) -> list[Ima
             model.check_settings(merged)
         except ValueError as err:
             raise UsageError(f"{where}: {err}" if spec.overrides or p else str(err)) from None
+        if search is not None:
+            sampler = _search_sampler(search["search"], sampler, where)
         guidance = merged.get("guidance", model.default_guidance)
         settings = {
             "steps": merged["steps"],
@@ -228,8 +346,20 @@ def plan_jobs(specs: list[PromptSpec], opts: GenerateOptions, model) -> list[Ima
             "height": merged.get("height"),
         }
         for s in range(merged["num_images"]):
-            jobs.append(ImageJob(p, s, spec.text, settings, sampler))
+            jobs.append(ImageJob(p, s, spec.text, settings, sampler, search))
     return jobs
+
+
+def _search_sampler(method: str, sampler: SamplerSpec, where: str) -> SamplerSpec:
+    """What the search's chains solve with: DPM++ 2M, or its SDE form for particle and tree methods."""
+    from search.registry import get_search
+
+    if sampler.label != resolve_sampler(DEFAULT_SAMPLER).label:
+        raise UsageError(
+            f"{where}: --search solves with its own sampler (DPM++ 2M; DPM++ 2M SDE for particle and tree "
+            f"methods), not {sampler.label!r}"
+        )
+    return resolve_sampler("DPM++ 2M SDE") if get_search(method).stochastic else sampler
 
 
 def _batches(jobs: list[ImageJob], size: int) -> Iterator[list[ImageJob]]:
@@ -280,7 +410,11 @@ class _Processes:
 def _check_existing(jobs: list[ImageJob], done: dict[tuple[int, int], dict], root: Path) -> None:
     for job in jobs:
         record = done.get((job.prompt_index, job.sample_index))
-        if record and (record.get("prompt") != job.prompt or record.get("settings") != job.settings):
+        if record and (
+            record.get("prompt") != job.prompt
+            or record.get("settings") != job.settings
+            or {k: record.get(k) for k in SEARCH_KEYS} != {k: (job.search or {}).get(k) for k in SEARCH_KEYS}
+        ):
             raise UsageError(
                 f"{root / job.relpath} was made with other settings or prompt; use a new --out "
                 "(or delete the directory) to generate with these"
@@ -288,8 +422,15 @@ def _check_existing(jobs: list[ImageJob], done: dict[tuple[int, int], dict], roo
 
 
 def _write_image(
-    root: Path, job: ImageJob, image: Image.Image, model_name: str, manifest: Manifest, rank: int
+    root: Path,
+    job: ImageJob,
+    image: Image.Image,
+    model_name: str,
+    manifest: Manifest,
+    rank: int,
+    found: tuple[float, int] | None = None,
 ) -> None:
+    """Write one image and its manifest line; ``found``: the search's (reward, NFE) for the image."""
     extra = {
         "sampler_label": job.sampler.a1111_name,
         "schedule_type": job.sampler.schedule_type,
@@ -310,6 +451,11 @@ def _write_image(
         "height": image.height,
         "process": rank,
     }
+    if job.search is not None and found is not None:
+        record.update(job.search)
+        record["reward"], record["nfe"] = found
+        extra.update(search=job.search["search"], particles=job.search["particles"], nfe=found[1])
+        extra.update(reward_name=job.search["reward_name"], reward=found[0])
     text = {"parameters": a1111_parameters(job.prompt, job.settings, extra), "dsample": json.dumps(record)}
     atomic_write_bytes(root / job.relpath, png_bytes(image, text))
     manifest.append(record)
@@ -334,12 +480,28 @@ def generate(opts: GenerateOptions) -> dict[str, Any]:
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
+    search = search_config(opts)  # bad search settings fail before the model loads
     specs = _prompt_specs(opts)
     model = load_model(opts.model, opts.device or procs.gpu_device())
     jobs = plan_jobs(specs, opts, model)
     batch_size = model.default_batch_size if opts.batch_size is None else opts.batch_size
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    searcher = None
+    if search is not None:
+        from .search_pipeline import SearchPipeline
+
+        device = model.pipe.device
+        reward = load_search_reward(search, None if device.type == "cpu" else device)
+        searcher = SearchPipeline(
+            model.pipe,
+            search["search"],
+            reward,
+            particles=search["particles"],
+            max_nfe=search["max_nfe"],
+            max_batch=opts.batch_size,
+        )
+        batch_size = 1  # one search per image; --batch-size bounds the particles per network call
     root = Path(opts.out)
     if root.exists() and not root.is_dir():
         raise UsageError(f"--out {str(root)!r} exists and is not a directory")
@@ -372,7 +534,19 @@ def generate(opts: GenerateOptions) -> dict[str, Any]:
     for p, left in remaining.items():  # prompts finished by an earlier run may still lack a grid
         if left == 0 and not (root / f"grids/{p}.png").exists():
             _write_grid(root, p, per_prompt[p])
+    found: list[tuple[float, int]] = []
     for batch in _batches(todo, batch_size):
+        if searcher is not None:
+            job = batch[0]
+            image, score, nfe = _search_one(model, searcher, job)
+            found.append((score, nfe))
+            _write_image(root, job, image, model.name, manifest, procs.rank, (score, nfe))
+            remaining[job.prompt_index] -= 1
+            if remaining[job.prompt_index] == 0:
+                _write_grid(root, job.prompt_index, per_prompt[job.prompt_index])
+            bar.set_postfix(reward=f"{score:.3g}", nfe=nfe, refresh=False)
+            bar.update(1)
+            continue
         spec = batch[0].sampler
         if spec.label not in schedulers:
             schedulers[spec.label] = spec.make_scheduler(model.base_config)
@@ -387,13 +561,22 @@ def generate(opts: GenerateOptions) -> dict[str, Any]:
     bar.close()
     seconds = max(procs.gather(time.perf_counter() - start))  # the slowest process sets the pace
     made = int(sum(procs.gather(len(todo))))
-    return {
+    result = {
         "images": made,
         "skipped": len(jobs) - made,
         "seconds": seconds,
         "out": str(root),
         "is_main": procs.is_main,
     }
+    if search is not None:  # means over the images this run made (all processes)
+        reward_sum = sum(procs.gather(float(sum(r for r, _ in found))))
+        nfe_sum = sum(procs.gather(float(sum(n for _, n in found))))
+        result["search"] = {
+            **search,
+            "mean_reward": reward_sum / made if made else None,
+            "mean_nfe": nfe_sum / made if made else None,
+        }
+    return result
 
 
 def _prompt_specs(opts: GenerateOptions) -> list[PromptSpec]:

@@ -75,6 +75,10 @@ def a1111_parameters(prompt: str, settings: dict[str, Any], extra: dict[str, Any
     fields["Seed"] = extra["image_seed"]
     fields["Size"] = f"{extra['width']}x{extra['height']}"
     fields["Model"] = extra["model"]
+    if extra.get("search"):  # an image found by inference-time search
+        fields["Search"] = f"{extra['search']} ({extra['particles']} particles)"
+        fields["Reward"] = f"{extra['reward_name']} {extra['reward']:.4g}"
+        fields["NFE"] = extra["nfe"]
     fields["Version"] = "dsample"
     lines.append(", ".join(f"{k}: {v}" for k, v in fields.items()))
     return "\n".join(lines)

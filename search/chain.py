@@ -36,6 +36,7 @@ from samplers.solvers import Evaluation, Solver, _evaluate
 from samplers.state import SolverState
 
 from .budget import Budget
+from .noise import randn
 
 __all__ = ["Chain", "ChainState", "SolverChain", "advance", "gaussian_mixture_chain", "stochastic_step"]
 
@@ -170,7 +171,7 @@ class SolverChain:
         if self._prior is not None:
             x = self._prior(n, generator).to(dtype=self.dtype, device=self.device)
         else:
-            x = torch.randn(n, *self.shape, generator=generator, dtype=self.dtype, device=self.device)
+            x = randn((n, *self.shape), generator, self.dtype, self.device)
             x = x * self.noise_scale
         return self.start(x)
 
@@ -270,7 +271,7 @@ class SolverChain:
             raise ValueError("cannot renoise from alpha = 0")
         ratio = a_j / a_i
         std = math.sqrt(max(s_j**2 - (ratio * s_i) ** 2, 0.0))
-        eps = torch.randn(state.x.shape, generator=generator, dtype=state.x.dtype, device=state.x.device)
+        eps = randn(state.x.shape, generator, state.x.dtype, state.x.device)
         x = ratio * state.x + std * eps
         return ChainState(SolverState(x=x, step=to_step, cond=state.solver.cond))
 

@@ -61,6 +61,7 @@ from samplers.state import SolverState
 
 from .budget import Budget
 from .chain import Chain, ChainState
+from .noise import randn
 from .result import SearchResult, score_samples
 from .selection import TopK, check_selection
 
@@ -95,7 +96,7 @@ def mutate_noise(
     (0 < beta <= 1; beta = 1 is a fresh draw)."""
     if not 0 < beta <= 1:
         raise ValueError(f"the initial-noise mutation needs 0 < beta <= 1, got {beta}")
-    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    eps = randn(x.shape, generator, x.dtype, x.device)
     return math.sqrt(1 - beta**2) * x + beta * scale * eps
 
 
@@ -104,7 +105,7 @@ def mutate_state(
 ) -> torch.Tensor:
     """``x + beta * sigma * eps``, eps ~ N(0, I): the mutation of an intermediate state x_t, with sigma the
     noise level sigma_t at its grid point."""
-    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    eps = randn(x.shape, generator, x.dtype, x.device)
     return x + beta * sigma * eps
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .chain import Chain, ChainState
+from .noise import randn
 from .result import score_samples
 
 __all__ = ["TWEEDIE", "Lookahead", "lookahead_scores"]
@@ -59,7 +60,7 @@ def lookahead_scores(
     alpha, sigma = float(chain.grid.alpha_values[i]), float(chain.grid.sigma_values[i])
     std = lookahead.scale * sigma / math.hypot(alpha, sigma)
     m, n = lookahead.samples, x0.shape[0]
-    noise = torch.randn((m * n, *x0.shape[1:]), generator=generator, dtype=x0.dtype, device=x0.device)
+    noise = randn((m * n, *x0.shape[1:]), generator, x0.dtype, x0.device)
     draws = x0.repeat((m,) + (1,) * (x0.ndim - 1)) + std * noise  # draw j of particle p at row j * n + p
     repeated = prompts if prompts is None or isinstance(prompts, str) else list(prompts) * m
     scores = score_samples(chain, reward, draws, repeated).view(m, n)

@@ -35,6 +35,7 @@ import torch
 
 from .budget import Budget
 from .chain import SolverChain
+from .noise import randn
 from .result import SearchResult
 from .selection import select_final
 
@@ -100,7 +101,7 @@ def noise_optimisation(
         raise ValueError(f"need 1 <= k <= {restarts * iterations} samples, got k={k}")
     chain = chain.with_budget(Budget(max_nfe=max_nfe))
     d = math.prod(chain.shape)
-    eps = torch.randn(restarts, *chain.shape, generator=generator, dtype=chain.dtype, device=chain.device)
+    eps = randn((restarts, *chain.shape), generator, chain.dtype, chain.device)
     if regulariser == "project":
         eps = eps * (math.sqrt(d) / eps.flatten(1).norm(dim=1)).view(-1, *[1] * len(chain.shape))
     eps.requires_grad_(True)

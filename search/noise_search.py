@@ -58,6 +58,7 @@ import torch
 
 from .budget import Budget
 from .chain import Chain, ChainState, advance
+from .noise import randn
 from .result import SearchResult, score_samples
 from .selection import TopK, check_selection, particle_count
 
@@ -78,7 +79,7 @@ def sphere_neighbours(
     if not float(norm) > 0:
         raise ValueError("the pivot is zero: it has no direction to perturb")
     dim = pivot.numel()
-    z = torch.randn((n, *pivot.shape[1:]), generator=generator, dtype=pivot.dtype, device=pivot.device)
+    z = randn((n, *pivot.shape[1:]), generator, pivot.dtype, pivot.device)
     c = pivot / norm + radius * z / math.sqrt(dim)
     return norm * c / c.flatten(1).norm(dim=1).reshape(n, *[1] * (pivot.ndim - 1))
 

@@ -180,3 +180,13 @@ def test_max_batch_chunks_model_calls_without_changing_anything_else(gmm2, sched
     assert runs[None][2] == 14 and runs[3][2] == 6
     with pytest.raises(ValueError, match="max_batch"):
         SolverChain(Denoiser(net), grid, DPMSolverPP(2), (2,), max_batch=0)
+
+
+def test_draws_come_from_the_generators_device_and_match_torch_randn_on_the_cpu():
+    """search.noise.randn draws on the generator's device (diffusers' convention, so a CPU generator serves a
+    CUDA chain) and, on the CPU, is exactly torch.randn."""
+    from search.noise import randn
+
+    ours = randn((3, 2), torch.Generator().manual_seed(5), F64, "cpu")
+    torch.testing.assert_close(ours, torch.randn(3, 2, generator=torch.Generator().manual_seed(5), dtype=F64))
+    assert randn((4,), None, torch.float32, "cpu").shape == (4,)
