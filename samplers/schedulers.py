@@ -69,6 +69,7 @@ COMMON_CONFIG: dict[str, Any] = {
     "beta_schedule": "linear",
     "trained_betas": None,
     "rescale_betas_zero_snr": False,
+    "snr_shift_scale": None,  # CogVideoX: abar / (s + (1 - s) abar), before the zero-SNR rescale
     "prediction_type": "epsilon",
     # flow matching (SD3, Flux, Wan)
     "use_flow_sigmas": False,
@@ -527,6 +528,10 @@ def _ddpm_schedule(cfg: Any) -> DiscreteVPSchedule:
         beta_end=cfg.beta_end,
         trained_betas=cfg.trained_betas,
     )
+    shift = cfg.get("snr_shift_scale")
+    if shift is not None and float(shift) != 1.0:  # CogVideoX's SNR shift: SNR divided by the scale
+        abar = schedule.alphas_cumprod.to(torch.float64)
+        schedule = DiscreteVPSchedule(abar / (float(shift) + (1 - float(shift)) * abar))
     if cfg.rescale_betas_zero_snr:
         schedule = DiscreteVPSchedule(_zero_terminal_snr(schedule.alphas_cumprod))
     return schedule

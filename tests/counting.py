@@ -1,6 +1,8 @@
 """Test helpers for search: an NFE count taken by wrapping the network (independent of the chain's own
 accounting), and a reward whose scores the test sets."""
 
+import contextlib
+
 import torch
 
 from rewards import Reward
@@ -42,3 +44,35 @@ class Scripted(Reward):
         if self.values.ndim == 0:
             return self.values.expand(len(samples)).clone()
         return self.values[: len(samples)].clone()
+
+
+class Brightness(Reward):
+    """Mean pixel value of images (B, C, H, W) or videos (B, F, C, H, W) in [0, 1]: a reward that even a
+    tiny random pipeline can move."""
+
+    modality = "image"
+    differentiable = True
+    scale = "mean pixel value in [0, 1]"
+
+    def score(self, samples, prompts):
+        return samples.flatten(1).mean(1)
+
+
+class VideoBrightness(Brightness):
+    modality = "video"
+
+
+@contextlib.contextmanager
+def counting_rows(pipe):
+    """Count the rows of every transformer call of ``pipe`` (a forward pre-hook, independent of any budget);
+    yields a one-element list holding the count."""
+    rows = [0]
+
+    def hook(module, args, kwargs):
+        rows[0] += kwargs["hidden_states"].shape[0]
+
+    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield rows
+    finally:
+        handle.remove()

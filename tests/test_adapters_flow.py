@@ -6,17 +6,16 @@ and VP interpolants) run and are reproducible under a fixed generator."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import torch
+from counting import Brightness, VideoBrightness, counting_rows
 from diffusers import FlowMatchEulerDiscreteScheduler
 from threads import one_thread
 from tiny_pipelines import CALL_KWARGS, PROMPT, T5_MAX_LENGTH, tiny_flux, tiny_sd3, tiny_wan
 
 from pipelines.adapters.flow import flow_pipeline_chain
-from rewards import Reward
 from samplers.schedulers import DPMSolverPPScheduler
 from samplers.solvers import DPMSolverPP
 from search import (
@@ -47,17 +46,6 @@ def _one_thread_no_grad() -> Iterator[None]:
         yield
 
 
-class Brightness(Reward):
-    """Mean pixel value of an image."""
-
-    modality = "image"
-    scale = "mean pixel value in [0, 1]"
-
-    def score(self, samples: torch.Tensor, prompts: Any) -> torch.Tensor:
-        return samples.mean(dim=(1, 2, 3))
-
-
-#: chain options per case; ``rows`` = transformer rows per particle evaluation (2 with CFG).
 CASES = {
     "sd3-cfg": ("sd3", dict(guidance_scale=5.0), 2),
     "flux-distilled": ("flux", dict(guidance_scale=3.5), 1),
@@ -77,24 +65,6 @@ def make_chain(pipes: dict[str, Any], case: str, **kw: Any):
         **options,
         **kw,
     )
-
-
-@contextmanager
-def counting_rows(pipe: Any) -> Iterator[list[int]]:
-    """Count the rows of every transformer call (a forward pre-hook: independent of the chain's budget)."""
-    rows = [0]
-
-    def hook(module: Any, args: tuple, kwargs: dict) -> None:
-        rows[0] += kwargs["hidden_states"].shape[0]
-
-    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield rows
-    finally:
-        handle.remove()
-
-
-# --------------------------------------------------------------------------- exactness
 
 
 @pytest.mark.parametrize("name", ["sd3", "flux", "sd3-dynamic-shift"])
@@ -286,11 +256,3 @@ def test_wan_search_counts_transformer_rows(pipes, method):
         result = run(chain, VideoBrightness(), generator=torch.Generator().manual_seed(1), **options)
     assert result.nfe * 2 == rows[0] > 0
     assert result.samples.shape[1:] == (5, 3, SIZE, SIZE)
-
-
-class VideoBrightness(Reward):
-    modality = "video"
-    scale = "mean pixel value in [0, 1]"
-
-    def score(self, samples: torch.Tensor, prompts: Any) -> torch.Tensor:
-        return samples.mean(dim=(1, 2, 3, 4))

@@ -6,28 +6,18 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from counting import Brightness
 from threads import one_thread
 from tiny_pipelines import CALL_KWARGS, tiny_sd, tiny_sdxl
 
 import search
 from pipelines.adapters.unet import stable_diffusion_chain
-from rewards import Reward
 from samplers.schedulers import DPMSolverPPScheduler
 from samplers.solvers import DPMSolverPP, SDEDPMSolverPP
 from search.chain import SolverChain, advance
 
 STEPS = 4
 FACTORIES = {"sd": tiny_sd, "sdxl": tiny_sdxl}
-
-
-class Brightness(Reward):
-    """Mean pixel value of [0, 1] images."""
-
-    modality = "image"
-    scale = "mean pixel value in [0, 1]"
-
-    def score(self, samples: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
-        return samples.mean(dim=(1, 2, 3))
 
 
 class UNetRows:

@@ -5,23 +5,14 @@ bundled digits model steered by its classifier."""
 import numpy as np
 import pytest
 import torch
+from counting import Brightness, VideoBrightness
 from PIL import Image
 from threads import one_thread
 from tiny_pipelines import tiny_sd, tiny_wan
 
 from pipelines.digits import DIGITS_MODEL, DigitsPipeline
 from pipelines.search_pipeline import SearchPipeline
-from rewards import Reward, digits_reward
-
-
-class Brightness(Reward):
-    modality = "image"
-    differentiable = True
-    scale = "mean pixel value in [0, 1]"
-
-    def score(self, samples, prompts):
-        return samples.mean((1, 2, 3))
-
+from rewards import digits_reward
 
 STEPS = 4
 
@@ -110,14 +101,6 @@ def test_bad_settings_fail_before_any_work(sd):
         pipe("a cube", num_inference_steps=STEPS, eta=0.5)
     with pytest.raises(ValueError, match="output_type"):
         pipe("a cube", num_inference_steps=STEPS, output_type="latent")
-
-
-class VideoBrightness(Reward):
-    modality = "video"
-    scale = "mean pixel value in [0, 1]"
-
-    def score(self, samples, prompts):
-        return samples.mean((1, 2, 3, 4))
 
 
 def test_video_pipelines_return_frames_as_they_do():

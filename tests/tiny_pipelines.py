@@ -37,6 +37,9 @@ Scheduler protocol of each pipeline (diffusers 0.42; what a replacement schedule
 * Wan: ``set_timesteps(N, device=device)``; ``set_begin_index(0)`` unconditionally; ``float(sigmas[i])`` is
   read every step (cache context), ``config.num_train_timesteps`` only with a ``boundary_ratio``; the
   transformer gets ``t``; ``step`` gets no generator.
+* CogVideoX: ``set_timesteps(N, device=...)``; ``latents *= init_noise_sigma``; ``scale_model_input(x, t)``
+  unconditionally; the transformer gets ``t`` on (B, F', C, h, w) latents (CFG in one batched call);
+  ``step`` gets ``eta``/``generator`` as SD (a ``CogVideoXDPMScheduler`` gets its own step signature).
 """
 
 from __future__ import annotations
@@ -47,7 +50,11 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderKLCogVideoX,
     AutoencoderKLWan,
+    CogVideoXDDIMScheduler,
+    CogVideoXPipeline,
+    CogVideoXTransformer3DModel,
     DDIMScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -438,12 +445,74 @@ def tiny_wan() -> WanPipeline:
     return _finish(pipe)
 
 
+def tiny_cogvideox() -> CogVideoXPipeline:
+    """CogVideoX (1.0) T2V: 3D DiT on (F', C, H/8, W/8) latents with 3D rotary embeddings (as CogVideoX-5b)
+    + causal 3D VAE (4x temporal, 8x spatial) + T5, CogVideoX-2b's DDIM (v-prediction, SNR shift 3, zero
+    terminal SNR, trailing spacing)."""
+    t5_dim = 32
+    transformer = _seeded(
+        lambda: CogVideoXTransformer3DModel(
+            num_attention_heads=2,
+            attention_head_dim=16,  # rotary: 4 (time) + 6 (height) + 6 (width)
+            in_channels=4,
+            out_channels=4,
+            time_embed_dim=8,
+            text_embed_dim=t5_dim,
+            num_layers=1,
+            sample_width=4,  # latent size: 32 px by default
+            sample_height=4,
+            sample_frames=9,  # (9 - 1) / 4 + 1 = 3 latent frames
+            patch_size=2,
+            temporal_compression_ratio=4,
+            max_text_seq_length=T5_MAX_LENGTH,
+            use_rotary_positional_embeddings=True,
+        )
+    )
+    vae = _seeded(
+        lambda: AutoencoderKLCogVideoX(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("CogVideoXDownBlock3D",) * 4,
+            up_block_types=("CogVideoXUpBlock3D",) * 4,
+            block_out_channels=(8, 8, 8, 8),
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=2,
+            temporal_compression_ratio=4,
+            scaling_factor=1.15258426,
+        )
+    )
+    text_encoder = _seeded(lambda: T5EncoderModel(_t5_config(T5Config, t5_dim)))
+    scheduler = CogVideoXDDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        snr_shift_scale=3.0,
+        timestep_spacing="trailing",
+    )
+    pipe = CogVideoXPipeline(
+        tokenizer=t5_tokenizer(),
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler,
+    )
+    return _finish(pipe)
+
+
 PIPELINES: dict[str, Callable[[], Any]] = {
     "sd": tiny_sd,
     "sdxl": tiny_sdxl,
     "sd3": tiny_sd3,
     "flux": tiny_flux,
     "wan": tiny_wan,
+    "cogvideox": tiny_cogvideox,
 }
 
 PROMPT = "a photo of a cute cat"
@@ -470,6 +539,14 @@ CALL_KWARGS: dict[str, dict[str, Any]] = {
         guidance_scale=5.0,
         max_sequence_length=T5_MAX_LENGTH,
     ),
+    # use_dynamic_cfg stays off (the pipeline's default)
+    "cogvideox": dict(
+        _IMAGE,
+        negative_prompt="blurry",
+        num_frames=9,
+        guidance_scale=6.0,
+        max_sequence_length=T5_MAX_LENGTH,
+    ),
 }
 
 #: Shape of ``.images`` (``.frames`` for Wan) for ``CALL_KWARGS`` with ``output_type="np"``.
@@ -479,6 +556,7 @@ EXPECTED_SHAPES: dict[str, tuple[int, ...]] = {
     "sd3": (1, 32, 32, 3),
     "flux": (1, 32, 32, 3),
     "wan": (1, 5, 32, 32, 3),
+    "cogvideox": (1, 9, 32, 32, 3),
 }
 
 
