@@ -13,6 +13,10 @@ call, the pipeline's latent shape and VAE decoding for look-ahead rewards) and t
 (:func:`search.registry.run_search`): particle and tree methods on the stochastic chain (the SDE solver, or
 for flow models the flow -> SDE conversion on the VP interpolant), noise-search methods on the ODE chain.
 Prompts are searched one after another; ``max_batch`` bounds the particles per network call.
+
+``lookahead_vae`` (e.g. diffusers' ``AutoencoderTiny``, TAESD) makes the search's decoding cheap: every
+sample the method scores (look-aheads and selection) is decoded with it, and only the returned sample of each
+prompt is decoded again with the pipeline's own VAE and re-scored (one more reward call per prompt).
 """
 
 from __future__ import annotations
@@ -62,6 +66,12 @@ class SearchPipeline:
         max_nfe: a hard NFE budget per prompt instead of (or with) ``particles``.
         search_kwargs: further keyword arguments of the method (e.g. ``temperature``).
         max_batch: at most this many particles per network call.
+        lookahead_vae: a cheap VAE that decodes the pipeline's latents (e.g. ``AutoencoderTiny``: TAESD for
+            SD / SDXL / SD3, TAEF1 for Flux), or None. When given, the search scores the samples it decodes
+            (look-aheads, selection) through it, and the returned sample of each prompt is decoded with the
+            pipeline's own VAE and re-scored by ``reward`` (one extra reward call per prompt): ``images`` and
+            ``scores`` describe that full-quality decode, ``nfe`` and ``history`` are the search's (the
+            history's rewards are the cheap decodes'). Not for the digits pipeline (it has no VAE).
     """
 
     def __init__(
@@ -74,7 +84,10 @@ class SearchPipeline:
         max_nfe: int | None = None,
         search_kwargs: dict[str, Any] | None = None,
         max_batch: int | None = None,
+        lookahead_vae: Any = None,
     ):
+        if lookahead_vae is not None and _kind(pipe) == "digits":
+            raise ValueError("lookahead_vae: the digits pipeline has no VAE")
         if search is not None:
             get_search(search)  # unknown names fail here, before any work
             if reward is None:
@@ -82,6 +95,7 @@ class SearchPipeline:
         self.pipe, self.search, self.reward = pipe, search, reward
         self.particles, self.max_nfe, self.max_batch = particles, max_nfe, max_batch
         self.search_kwargs = dict(search_kwargs or {})
+        self.lookahead_vae = lookahead_vae
 
     @classmethod
     def from_pipeline(cls, pipe: Any, search: str | None = "smc", reward: Any = None, **kwargs: Any):
@@ -110,9 +124,13 @@ class SearchPipeline:
             from samplers.solvers import DPMSolverPP, SDEDPMSolverPP
 
             solver = SDEDPMSolverPP(2) if stochastic else DPMSolverPP(2)
-            return stable_diffusion_chain(self.pipe, prompt, solver=solver, max_batch=batch, **kwargs)
+            return stable_diffusion_chain(
+                self.pipe, prompt, solver=solver, max_batch=batch, vae=self.lookahead_vae, **kwargs
+            )
         pipeline_kind(self.pipe)  # a TypeError for a pipeline no adapter supports
-        return flow_pipeline_chain(self.pipe, prompt, stochastic=stochastic, max_batch=batch, **kwargs)
+        return flow_pipeline_chain(
+            self.pipe, prompt, stochastic=stochastic, max_batch=batch, vae=self.lookahead_vae, **kwargs
+        )
 
     def __call__(
         self,
@@ -170,6 +188,7 @@ class SearchPipeline:
                 "guidance_scale": 2.0 if guidance_scale is None else guidance_scale,
             }
         images, output = [], SearchPipelineOutput(images=None)
+        full_decode = None if self.lookahead_vae is None else _full_decoder(self.pipe, call)
         for text, g in zip(prompts, generators, strict=True):
             chain = self.chain(str(text), stochastic=method.stochastic, **call)
             result = run_search(
@@ -182,8 +201,13 @@ class SearchPipeline:
                 generator=g,
                 **self.search_kwargs,
             )
-            images.append(torch.as_tensor(result.samples[:1]).detach().float().cpu())
-            output.scores.append(float(result.scores[0]))
+            sample, score = result.samples[:1], result.scores[0]
+            if full_decode is not None:  # the returned sample through the pipeline's own VAE, re-scored
+                with torch.no_grad():
+                    sample = full_decode(result.x[:1].detach())
+                    score = self.reward(sample, str(text)).reshape(-1)[0]
+            images.append(torch.as_tensor(sample).detach().float().cpu())
+            output.scores.append(float(score))
             output.nfe.append(result.nfe)
             output.history.append(result.history)
         output.images = _as_output(self.pipe, torch.cat(images), output_type)
@@ -196,9 +220,26 @@ def _kind(pipe: Any) -> str:
 
     if isinstance(pipe, DigitsPipeline):
         return "digits"
-    if getattr(pipe, "unet", None) is not None or is_sdxl(pipe):
+    if getattr(pipe, "unet", None) is not None:
+        return "unet"
+    if is_sdxl(pipe) and getattr(pipe, "transformer", None) is None:  # SD3 / Flux have text_encoder_2 too
         return "unet"
     return "flow"
+
+
+def _full_decoder(pipe: Any, call: dict[str, Any]):
+    """Final latents -> [0, 1] images through the pipeline's own VAE, as the adapters' ``decode`` with
+    ``vae=None`` (Flux's packed latents are unpacked first, at the chain's height and width)."""
+    from .adapters import pipeline_kind
+    from .adapters.common import vae_decoder
+
+    decode = vae_decoder(pipe.vae)
+    if _kind(pipe) != "flow" or pipeline_kind(pipe) != "flux":
+        return decode
+    factor = pipe.vae_scale_factor
+    height = call.get("height") or pipe.default_sample_size * factor
+    width = call.get("width") or pipe.default_sample_size * factor
+    return lambda x0: decode(pipe._unpack_latents(x0, height, width, factor))
 
 
 def _digits_solver(stochastic: bool):

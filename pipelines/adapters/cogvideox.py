@@ -54,6 +54,7 @@ def cogvideox_chain(
     solver: Solver | None = None,
     max_batch: int | None = None,
     budget: Budget | None = None,
+    vae: Any = None,
 ) -> SolverChain:
     """A search chain generating videos for ``prompt`` with a ``CogVideoXPipeline``.
 
@@ -72,6 +73,8 @@ def cogvideox_chain(
             ``DPMSolverPP(2)`` is the ODE that ``DPMSolverPPScheduler`` runs in the pipeline.
         max_batch: at most this many particles per transformer call (CFG doubles the rows of a call).
         budget: where the chain charges model calls (a fresh one by default).
+        vae: the VAE ``decode`` uses instead of ``pipe.vae`` (None: the pipeline's); it must decode the
+            pipeline's latents (B, C, F', h, w) to frames.
 
     Returns:
         a :class:`~search.chain.SolverChain` on (F', C, H/8, W/8) latents (float32 particles where the
@@ -138,7 +141,7 @@ def cogvideox_chain(
         uncond=uncond,
         threshold=x0_limit_from_config(facade.config),
     )
-    decode_video = vae_decoder(pipe.vae)
+    decode_video = vae_decoder(pipe.vae if vae is None else vae)
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
         """(B, F', C, h, w) latents -> (B, F, 3, H, W) frames in [0, 1], as ``decode_latents`` + "pt"."""

@@ -122,6 +122,7 @@ def flow_pipeline_chain(
     eta: float = 1.0,
     max_batch: int | None = None,
     budget: Budget | None = None,
+    vae: Any = None,
 ) -> SolverChain:
     """A search chain generating images for ``prompt`` with an SD3 or Flux pipeline.
 
@@ -147,6 +148,9 @@ def flow_pipeline_chain(
         eta: the SDE's stochasticity when ``solver`` is not given (1: the reverse SDE).
         max_batch: at most this many particles per transformer call (CFG doubles the rows of a call).
         budget: where the chain charges model calls (a fresh one by default).
+        vae: the VAE ``decode`` uses instead of ``pipe.vae`` (None: the pipeline's), e.g. a cheap
+            ``AutoencoderTiny`` (TAESD / TAEF1) for look-ahead rewards; it must decode the pipeline's
+            (unpacked) latents.
 
     Returns:
         a :class:`~search.chain.SolverChain` whose ``decode`` gives (B, 3, height, width) images in [0, 1].
@@ -168,7 +172,7 @@ def flow_pipeline_chain(
         width = width or pipe.default_sample_size * pipe.vae_scale_factor
     transformer = pipe.transformer
     config = pipe.scheduler.config
-    decode_latents = vae_decoder(pipe.vae)
+    decode_latents = vae_decoder(pipe.vae if vae is None else vae)
 
     if kind == "wan":
         if getattr(pipe, "transformer_2", None) is not None:

@@ -102,6 +102,7 @@ def stable_diffusion_chain(
     scheduler_cls: type = DPMSolverPPScheduler,
     max_batch: int | None = None,
     budget: Budget | None = None,
+    vae: Any = None,
 ) -> SolverChain:
     """A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` and one prompt as a search chain.
 
@@ -122,6 +123,8 @@ def stable_diffusion_chain(
         max_batch: at most this many particles per UNet call (2 * max_batch rows with guidance).
         budget: where NFE are charged (a fresh one by default); one NFE per particle evaluation, the
             doubled guidance batch included.
+        vae: the VAE ``decode`` uses instead of ``pipe.vae`` (None: the pipeline's), e.g. a cheap
+            ``AutoencoderTiny`` (TAESD) for look-ahead rewards; it must decode the pipeline's latents.
 
     Returns:
         a :class:`~search.chain.SolverChain` on the pipeline's execution device with float32 latents (the
@@ -184,7 +187,7 @@ def stable_diffusion_chain(
         uncond=uncond,
         threshold=x0_limit_from_config(scheduler.config),
     )
-    decode = vae_decoder(pipe.vae)
+    decode = vae_decoder(pipe.vae if vae is None else vae)
 
     shape = (unet.config.in_channels, height // factor, width // factor)
     return SolverChain(
