@@ -116,14 +116,12 @@ class SearchPipeline:
                 unet=self.pipe.unet,
                 steps=call_kwargs["num_inference_steps"],
                 guidance_scale=call_kwargs["guidance_scale"],
-                solver=_digits_solver(stochastic),
+                solver=_solver(stochastic),
                 model=getattr(self.pipe, "name_or_path", None) or DIGITS_MODEL,
             )
         kwargs = {k: v for k, v in call_kwargs.items() if v is not None}
         if kind == "unet":
-            from samplers.solvers import DPMSolverPP, SDEDPMSolverPP
-
-            solver = SDEDPMSolverPP(2) if stochastic else DPMSolverPP(2)
+            solver = _solver(stochastic)
             return stable_diffusion_chain(
                 self.pipe, prompt, solver=solver, max_batch=batch, vae=self.lookahead_vae, **kwargs
             )
@@ -242,7 +240,8 @@ def _full_decoder(pipe: Any, call: dict[str, Any]):
     return lambda x0: decode(pipe._unpack_latents(x0, height, width, factor))
 
 
-def _digits_solver(stochastic: bool):
+def _solver(stochastic: bool):
+    """What the chains of particle/tree methods (stochastic) and of noise-search methods solve with."""
     from samplers.solvers import DPMSolverPP, SDEDPMSolverPP
 
     return SDEDPMSolverPP(2) if stochastic else DPMSolverPP(2)

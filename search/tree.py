@@ -187,7 +187,7 @@ def _select(
 def _update_complete(node: TreeNode, steps: int, max_children: int | None, deterministic: set[int]) -> None:
     if node.step >= steps:
         node.complete = True
-    elif node.n_children >= (1 if node.step in deterministic else (max_children or math.inf)):
+    elif node.n_children >= _child_limit(node, max_children, None, deterministic):  # widening never ends
         node.complete = all(c.complete for c in node.children)
 
 

@@ -32,7 +32,7 @@ from samplers.solvers import SDEDPMSolverPP, Solver
 from search.budget import Budget
 from search.chain import SolverChain
 
-from .common import graph_if_needed, pipeline_device_dtype, vae_decoder
+from .common import particle_dtype, pipeline_device_dtype, transformer_net, vae_decoder
 
 __all__ = ["cogvideox_chain"]
 
@@ -120,17 +120,8 @@ def cogvideox_chain(
     if tconfig.use_rotary_positional_embeddings:
         rotary = pipe._prepare_rotary_positional_embeddings(height, width, shape[0], device)
 
-    def net(x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        """The pipeline's transformer call on (B, F', C, h, w) latents at DDPM timesteps t."""
-        with graph_if_needed(x, encoder_hidden_states):
-            out = transformer(
-                hidden_states=x.to(net_dtype),
-                encoder_hidden_states=encoder_hidden_states.to(net_dtype),
-                timestep=t,
-                image_rotary_emb=rotary,
-                return_dict=False,
-            )[0]
-        return out.to(x.dtype)
+    # the pipeline's transformer call on (B, F', C, h, w) latents at DDPM timesteps t
+    net = transformer_net(transformer, net_dtype, cast=("encoder_hidden_states",), image_rotary_emb=rotary)
 
     facade = DPMSolverPPScheduler.from_config(pipe.scheduler.config)
     facade.set_timesteps(num_inference_steps)
@@ -147,7 +138,6 @@ def cogvideox_chain(
         """(B, F', C, h, w) latents -> (B, F, 3, H, W) frames in [0, 1], as ``decode_latents`` + "pt"."""
         return decode_video(latents[:, additional:].permute(0, 2, 1, 3, 4))
 
-    particle_dtype = torch.float32 if net_dtype in (torch.float16, torch.bfloat16) else net_dtype
     return SolverChain(
         denoiser,
         facade.grid,
@@ -156,7 +146,7 @@ def cogvideox_chain(
         cond=cond,
         decode=decode,
         budget=budget,
-        dtype=particle_dtype,
+        dtype=particle_dtype(net_dtype),
         device=device,
         max_batch=max_batch,
     )

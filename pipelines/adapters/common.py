@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["graph_if_needed", "pipeline_device_dtype", "vae_decoder"]
+__all__ = ["graph_if_needed", "particle_dtype", "pipeline_device_dtype", "transformer_net", "vae_decoder"]
 
 
 def pipeline_device_dtype(pipe: Any) -> tuple[torch.device, torch.dtype]:
@@ -18,6 +18,36 @@ def pipeline_device_dtype(pipe: Any) -> tuple[torch.device, torch.dtype]:
     if net is None:
         raise ValueError(f"{type(pipe).__name__} has neither a unet nor a transformer")
     return pipe._execution_device, net.dtype
+
+
+def particle_dtype(net_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a chain's particles: float32 where the network runs in half precision (the solver's
+    arithmetic stays in float32; inputs are cast at the network's boundary), else the network's."""
+    return torch.float32 if net_dtype in (torch.float16, torch.bfloat16) else net_dtype
+
+
+def transformer_net(
+    transformer: Any,
+    net_dtype: torch.dtype,
+    *,
+    timestep_dtype: torch.dtype | None = None,
+    cast: tuple[str, ...] = (),
+    **constants: Any,
+) -> Callable[..., torch.Tensor]:
+    """``net(x, t, **cond)``: a diffusers transformer on particles x (cast to its dtype) at timestep t, with
+    the per-particle conditioning (the keys in ``cast`` cast to the network's dtype too) and the
+    ``constants`` (Flux's position ids, CogVideoX's rotary embeddings), back in the particles' dtype."""
+
+    def net(x: torch.Tensor, t: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
+        timestep = t if timestep_dtype is None else t.to(timestep_dtype)
+        inputs = {k: v.to(net_dtype) if k in cast else v for k, v in kw.items()}
+        with graph_if_needed(x, *kw.values()):
+            out = transformer(
+                hidden_states=x.to(net_dtype), timestep=timestep, return_dict=False, **constants, **inputs
+            )
+        return out[0].to(x.dtype)
+
+    return net
 
 
 def graph_if_needed(*inputs: torch.Tensor | None) -> contextlib.AbstractContextManager:

@@ -49,7 +49,7 @@ from search.budget import Budget
 from search.chain import SolverChain
 from search.flow_chain import INTERPOLANTS, flow_sde_chain
 
-from .common import graph_if_needed, pipeline_device_dtype, vae_decoder
+from .common import particle_dtype, pipeline_device_dtype, transformer_net, vae_decoder
 
 __all__ = ["flow_pipeline_chain", "pipeline_kind"]
 
@@ -85,23 +85,6 @@ def _calculate_shift(image_seq_len: int, config: Any, max_shift_default: float) 
     m = (max_shift - base_shift) / (max_len - base_len)
     b = base_shift - m * base_len
     return image_seq_len * m + b
-
-
-def _transformer_net(
-    transformer: Any, net_dtype: torch.dtype, timestep_dtype: torch.dtype | None = None, **constants: Any
-) -> Callable[..., torch.Tensor]:
-    """``net(x, t, **cond)``: the transformer on particles x (cast to its dtype) at timestep t, with the
-    per-particle conditioning and the ``constants`` (Flux's position ids), back in the particles' dtype."""
-
-    def net(x: torch.Tensor, t: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
-        timestep = t if timestep_dtype is None else t.to(timestep_dtype)
-        with graph_if_needed(x, *kw.values()):
-            out = transformer(
-                hidden_states=x.to(net_dtype), timestep=timestep, return_dict=False, **constants, **kw
-            )
-        return out[0].to(x.dtype)
-
-    return net
 
 
 def flow_pipeline_chain(
@@ -194,7 +177,7 @@ def flow_pipeline_chain(
         cond = {"encoder_hidden_states": embeds}
         uncond = {"encoder_hidden_states": neg_embeds} if cfg else None
 
-        net = _transformer_net(transformer, net_dtype)
+        net = transformer_net(transformer, net_dtype)
         denoiser = Denoiser(net, "flow", guidance_scale=guidance_scale if cfg else None, uncond=uncond,
                             time_fn=lambda t: 1000 * t)  # fmt: skip
         decode: Callable[[torch.Tensor], torch.Tensor] = decode_latents
@@ -219,7 +202,7 @@ def flow_pipeline_chain(
         cond = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
         uncond = {"encoder_hidden_states": neg_embeds, "pooled_projections": neg_pooled} if cfg else None
 
-        net = _transformer_net(transformer, net_dtype)
+        net = transformer_net(transformer, net_dtype)
 
         denoiser = Denoiser(
             net,
@@ -259,7 +242,7 @@ def flow_pipeline_chain(
             if "guidance" in cond:
                 uncond["guidance"] = cond["guidance"]
 
-        net = _transformer_net(
+        net = transformer_net(
             transformer, net_dtype, timestep_dtype=net_dtype, txt_ids=text_ids, img_ids=img_ids
         )
 
@@ -272,9 +255,13 @@ def flow_pipeline_chain(
     facade = DPMSolverPPScheduler.from_config(config)
     facade.set_timesteps(num_inference_steps, mu=mu)
     schedule = facade.schedule_for(mu)
-    particle_dtype = torch.float32 if net_dtype in (torch.float16, torch.bfloat16) else net_dtype
     chain_kwargs: dict[str, Any] = dict(
-        cond=cond, decode=decode, budget=budget, dtype=particle_dtype, device=device, max_batch=max_batch
+        cond=cond,
+        decode=decode,
+        budget=budget,
+        dtype=particle_dtype(net_dtype),
+        device=device,
+        max_batch=max_batch,
     )
     if not stochastic:
         solver = solver if solver is not None else DPMSolverPP(2)
