@@ -120,6 +120,20 @@ def read_manifest(path: Path, root: Path) -> tuple[dict[tuple[int, int], dict], 
     return entries, len(entries) == len(lines)
 
 
+def run_records(root: Path) -> list[dict]:
+    """The manifest records of a finished ``dsample generate`` run at ``root``, in (prompt, sample) order;
+    ``UsageError`` when ``root`` is not a run or lists no existing image."""
+    from .prompts import UsageError
+
+    manifest = root / "manifest.jsonl"
+    if not root.is_dir() or not manifest.is_file():
+        raise UsageError(f"{root} has no manifest.jsonl: is it a `dsample generate` output directory?")
+    entries, _ = read_manifest(manifest, root)
+    if not entries:
+        raise UsageError(f"{manifest} lists no existing images")
+    return [entries[key] for key in sorted(entries)]
+
+
 def rewrite_manifest(path: Path, entries: dict[tuple[int, int], dict]) -> None:
     """Replace the manifest (atomically) by one line per entry."""
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in entries.values())

@@ -28,7 +28,7 @@ from typing import Any
 
 from PIL import Image
 
-from .outputs import atomic_write_bytes, read_manifest
+from .outputs import atomic_write_bytes, run_records
 from .prompts import UsageError
 
 __all__ = ["write_report", "MAX_EMBED_SIDE"]
@@ -69,16 +69,6 @@ def _key(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ reading the run
-def _load_records(root: Path) -> list[dict[str, Any]]:
-    manifest = root / "manifest.jsonl"
-    if not root.is_dir() or not manifest.is_file():
-        raise UsageError(f"{root} has no manifest.jsonl: is it a `dsample generate` output directory?")
-    entries, _ = read_manifest(manifest, root)
-    if not entries:
-        raise UsageError(f"{manifest} lists no existing images")
-    return [entries[key] for key in sorted(entries)]
-
-
 def _score_files(root: Path) -> dict[str, Path]:
     folder = root / "scores"
     return {p.stem: p for p in sorted(folder.glob("*.jsonl"))} if folder.is_dir() else {}
@@ -404,7 +394,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reward: str
     (``scores/<reward>.jsonl``), or ``"manifest"`` (or the search reward's name) for the manifest's own
     ``reward`` field. ``UsageError`` when ``run_dir`` is not a run or the reward is not there."""
     root = Path(run_dir)
-    records = _load_records(root)
+    records = run_records(root)
     rewards, reward_label, source, note = _choose_reward(root, records, reward)
     missing = sum(1 for r in records if r["image"] not in rewards)
     if rewards and missing:

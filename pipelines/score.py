@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from rewards.registry import canonical_reward_name, load_reward
 
-from .outputs import atomic_write_bytes, read_manifest
+from .outputs import atomic_write_bytes, run_records
 from .prompts import UsageError
 
 __all__ = ["ScoreOptions", "parse_option", "score_run"]
@@ -78,14 +78,8 @@ def _build_reward(opts: ScoreOptions):
 def score_run(opts: ScoreOptions) -> dict[str, Any]:
     """Score every image of the run ``opts.run``; returns the summary and writes ``scores/<reward>.jsonl``."""
     root = Path(opts.run)
-    manifest = root / "manifest.jsonl"
-    if not manifest.is_file():
-        raise UsageError(f"{root} has no manifest.jsonl: is it a `dsample generate` output directory?")
-    entries, _ = read_manifest(manifest, root)
-    if not entries:
-        raise UsageError(f"{manifest} lists no existing images")
+    records = run_records(root)
     name, reward = _build_reward(opts)
-    records = [entries[key] for key in sorted(entries)]
     scores: list[float] = []
     step = reward.batch_size
     bar = tqdm(total=len(records), desc=f"scoring ({name})", unit="image", disable=opts.quiet)
