@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import time
@@ -231,15 +230,12 @@ def search_config(opts: GenerateOptions) -> dict[str, Any] | None:
         raise UsageError(f"--particles must be >= 1, got {particles}")
     if opts.max_nfe is not None and opts.max_nfe < 1:
         raise UsageError(f"--max-nfe must be >= 1, got {opts.max_nfe}")
-    if ":" in opts.reward:
-        reward_name = opts.reward.strip()
-    else:
-        from rewards.registry import canonical_reward_name
+    from rewards.registry import canonical_reward_name
 
-        try:
-            reward_name = canonical_reward_name(opts.reward)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+    try:
+        reward_name = canonical_reward_name(opts.reward)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     return {
         "search": method.name,
         "particles": particles,
@@ -261,27 +257,12 @@ def _reward_options(options: Mapping[str, Any] | Sequence[str] | None) -> dict[s
 
 def load_search_reward(config: dict[str, Any], device: str | torch.device | None):
     """The reward of a :func:`search_config`: a registered name or an importable ``module:Class``."""
-    name, options = config["reward_name"], config["reward_options"]
-    if ":" not in name:
-        from .score import ScoreOptions, _build_reward
+    from .score import ScoreOptions, build_reward
 
-        return _build_reward(ScoreOptions(run="", reward=name, options=options, device=device))[1]
-    module, _, attribute = name.partition(":")
-    try:
-        constructor = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise UsageError(f"cannot import reward {name!r}: {err}") from None
-    try:
-        reward = constructor(**options)
-    except TypeError as err:
-        raise UsageError(f"reward {name!r}: {err}") from None
-    except (FileNotFoundError, ValueError, OSError) as err:
-        raise UsageError(f"reward {name!r} could not be loaded: {err}") from None
-    if not callable(reward) or getattr(reward, "modality", "image") != "image":
-        raise UsageError(f"reward {name!r} does not score images")
-    if device is not None and hasattr(reward, "to"):
-        reward.to(device)
-    return reward
+    options = ScoreOptions(
+        run="", reward=config["reward_name"], options=config["reward_options"], device=device
+    )
+    return build_reward(options)[1]
 
 
 def _search_one(model, searcher, job: ImageJob) -> tuple[Image.Image, float, int]:

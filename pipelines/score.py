@@ -53,7 +53,9 @@ def _load_rgb_or_grey(path: Path) -> Image.Image:
         return image if image.mode in ("L", "RGB") else image.convert("RGB")
 
 
-def _build_reward(opts: ScoreOptions):
+def build_reward(opts: ScoreOptions):
+    """(canonical name, reward) of ``opts``: a registered reward or a ``module:attribute`` path, built
+    with its options, checked to score images, moved to the device; ``UsageError`` if any of it fails."""
     try:
         key = canonical_reward_name(opts.reward)
     except ValueError as error:
@@ -64,13 +66,14 @@ def _build_reward(opts: ScoreOptions):
         raise UsageError(f"reward {key!r}: {error}") from error
     except (FileNotFoundError, ValueError, OSError) as error:
         raise UsageError(f"reward {key!r} could not be loaded: {error}") from error
-    if reward.modality != "image":
-        raise UsageError(f"reward {key!r} scores {reward.modality}, not images")
+    modality = getattr(reward, "modality", "image")
+    if not callable(reward) or modality != "image":
+        raise UsageError(f"reward {key!r} scores {modality}, not images")
     if opts.batch_size is not None:
         if opts.batch_size < 1:
             raise UsageError("--batch-size must be positive")
         reward.batch_size = opts.batch_size
-    if opts.device:
+    if opts.device and hasattr(reward, "to"):
         reward.to(opts.device)
     return key, reward
 
@@ -79,7 +82,7 @@ def score_run(opts: ScoreOptions) -> dict[str, Any]:
     """Score every image of the run ``opts.run``; returns the summary and writes ``scores/<reward>.jsonl``."""
     root = Path(opts.run)
     records = run_records(root)
-    name, reward = _build_reward(opts)
+    name, reward = build_reward(opts)
     scores: list[float] = []
     step = reward.batch_size
     bar = tqdm(total=len(records), desc=f"scoring ({name})", unit="image", disable=opts.quiet)

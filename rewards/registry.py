@@ -34,7 +34,10 @@ REWARD_NAMES: dict[str, tuple[str, str, str]] = {
 
 
 def canonical_reward_name(name: str) -> str:
-    """The registered spelling of ``name`` (case-insensitive; '_' and '-' alike); ValueError if none."""
+    """The registered spelling of ``name`` (case-insensitive; '_' and '-' alike), or an importable
+    ``module:attribute`` path as given; ValueError if neither."""
+    if ":" in name:
+        return name.strip()
     key = name.strip().lower().replace("_", "-")
     if key not in REWARD_NAMES:
         raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(sorted(REWARD_NAMES))}")
@@ -42,9 +45,17 @@ def canonical_reward_name(name: str) -> str:
 
 
 def reward_constructor(name: str) -> Any:
-    """The class or factory registered under ``name`` (see :func:`canonical_reward_name`)."""
-    module, attribute, _ = REWARD_NAMES[canonical_reward_name(name)]
-    return getattr(importlib.import_module(module), attribute)
+    """The class or factory registered under ``name``, or imported from a ``module:attribute`` path (see
+    :func:`canonical_reward_name`); ValueError if it cannot be imported."""
+    key = canonical_reward_name(name)
+    if ":" in key:
+        module, _, attribute = key.partition(":")
+    else:
+        module, attribute, _ = REWARD_NAMES[key]
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"cannot import reward {name!r}: {err}") from None
 
 
 def load_reward(name: str, **kwargs: Any) -> Reward:

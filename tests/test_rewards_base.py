@@ -164,6 +164,10 @@ def test_every_registered_name_resolves_to_a_reward_constructor():
     assert load_reward("digits", target=3).target == 3
     with pytest.raises(ValueError, match="known rewards: aesthetic, classifier"):
         load_reward("no-such-reward")
+    by_path = load_reward("rewards.compressibility:JPEGCompressibility", quality=80)
+    assert isinstance(by_path, JPEGCompressibility) and by_path.quality == 80
+    with pytest.raises(ValueError, match="cannot import reward 'rewards.compressibility:Nope'"):
+        load_reward("rewards.compressibility:Nope")
 
 
 def test_every_exported_name_resolves():
