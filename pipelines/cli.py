@@ -104,9 +104,10 @@ def _generate(args: argparse.Namespace) -> int:
         return 2
     if result["is_main"]:
         rate = result["images"] / result["seconds"] if result["seconds"] > 0 else 0.0
+        kind = "videos" if result.get("videos") else "images"
         print(
-            f"dsample: {result['images']} images in {result['seconds']:.1f} s ({rate:.2f} images/s), "
-            f"{result['skipped']} already done; images in {result['out']}/images, "
+            f"dsample: {result['images']} {kind} in {result['seconds']:.1f} s ({rate:.2f} {kind}/s), "
+            f"{result['skipped']} already done; {kind} in {result['out']}/{kind}, "
             f"grids in {result['out']}/grids"
         )
         found = result.get("search")
@@ -147,7 +148,12 @@ def _add_generate(sub) -> None:
     gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
-    gen.add_argument("--batch-size", type=int, default=None, help="images per model call")
+    gen.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per model call (with --search: images searched side by side, sharing model calls)",
+    )
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--width", type=int, default=None)
     gen.add_argument("--height", type=int, default=None)
@@ -178,6 +184,26 @@ def _add_generate(sub) -> None:
         action="append",
         metavar="KEY=VALUE",
         help="reward constructor option, repeatable (as `dsample score --option`)",
+    )
+    gen.add_argument(
+        "--num-frames",
+        type=int,
+        default=None,
+        help="video models: frames per video (default: the pipeline's own, e.g. Wan 81, CogVideoX 49)",
+    )
+    gen.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="video models: frames per second of the GIF/MP4 (default 16 for Wan, else 8)",
+    )
+    gen.add_argument(
+        "--video-format",
+        dest="video_formats",
+        action="append",
+        metavar="FORMAT",
+        help="video models: gif, frames, mp4 (repeatable or a comma list; default gif,frames); the GIF "
+        "(videos/P_S.gif) is always written, frames go to videos/P_S/, mp4 needs the [video] extra",
     )
     gen.set_defaults(func=_generate)
 

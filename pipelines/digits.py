@@ -28,6 +28,7 @@ __all__ = [
     "NULL_CLASS",
     "DigitsPipeline",
     "digits_chain",
+    "digits_chains",
     "parse_digit",
     "fixed_size_calls",
     "to_uint8",
@@ -154,8 +155,15 @@ def build_digits_unet() -> UNet2DModel:
     )
 
 
-def digits_chain(
-    digit: int | str | None,
+def digits_chain(digit: int | str | None, *, budget=None, **kwargs):
+    """The bundled digits model as a search chain for one class: the chain of :func:`digits_chains` for
+    ``[digit]`` (see there for the arguments), charging ``budget`` (a fresh one by default)."""
+    chain = digits_chains([digit], **kwargs)[0]
+    return chain if budget is None else chain.with_budget(budget)
+
+
+def digits_chains(
+    digits,
     *,
     steps: int = 20,
     guidance_scale: float | None = None,
@@ -163,18 +171,21 @@ def digits_chain(
     grid_kind: str = "uniform_t",
     model: str | Path = DIGITS_MODEL,
     unet: UNet2DModel | None = None,
-    budget=None,
+    max_batch: int | None = None,
 ):
-    """The bundled digits model as a search chain (:class:`search.chain.SolverChain`) over 8x8 images.
+    """The bundled digits model as search chains (:class:`search.chain.SolverChain`) over 8x8 images, one per
+    class of ``digits``, sharing one UNet call (searches run side by side by
+    :func:`search.lockstep.run_lockstep` batch the particles of every chain together).
 
     Args:
-        digit: the class to draw ("7", "seven", 7), or ``None`` for the unconditional model (the null
+        digits: the class of each chain ("7", "seven", 7), or ``None`` for the unconditional model (the null
             class the model was trained with for classifier-free guidance).
         steps: grid steps; grid_kind: the time grid (``samplers.grids.make_grid`` kinds).
         guidance_scale: classifier-free guidance weight (``None`` or 1: none; needs a digit).
         solver: any ``samplers`` solver (default ``SDEDPMSolverPP(2)``, stochastic, as particle methods
             need; pass ``DPMSolverPP(2)`` for the ODE).
         model / unet: the pipeline directory, or an already loaded UNet.
+        max_batch: at most this many particles per UNet call, also when the calls of several chains merge.
 
     Follows the model's scheduler config: its DDPM schedule, and its ``clip_sample`` clamp of the data
     prediction to [-1, 1]. ``decode`` maps samples to [0, 1] images, as image rewards take them.
@@ -186,30 +197,41 @@ def digits_chain(
     from samplers.solvers import SDEDPMSolverPP
     from search.chain import SolverChain
 
+    from .adapters.common import prompt_chains
+
     if unet is None:
         unet = UNet2DModel.from_pretrained(Path(model) / "unet").eval()
     config = DDPMScheduler.load_config(Path(model) / "scheduler")
     scheduler_config = DDPMScheduler.from_config(config).config
-    label = NULL_CLASS if digit is None else parse_digit(digit)
+    labels = [NULL_CLASS if d is None else parse_digit(d) for d in digits]
     guided = guidance_scale is not None and guidance_scale != 1.0
-    if guided and digit is None:
+    if guided and NULL_CLASS in labels:
         raise ValueError("classifier-free guidance needs a digit")
 
     @torch.no_grad()
     def net(x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
         return unet(x, t, class_labels=class_labels).sample
 
-    null = {"class_labels": torch.tensor([NULL_CLASS])}
-    denoiser = Denoiser(
-        net,
-        "epsilon",
-        guidance_scale=guidance_scale if guided else None,
-        uncond=null if guided else None,
-        threshold=x0_limit_from_config(scheduler_config),
-    )
     schedule = schedule_from_diffusers_config(config)
     grid = make_grid(schedule, steps, grid_kind, final="zero")
     size = unet.config.sample_size
-    return SolverChain(denoiser, grid, solver if solver is not None else SDEDPMSolverPP(2),
-                       (unet.config.in_channels, size, size), cond={"class_labels": torch.tensor([label])},
-                       decode=lambda x0: ((x0.clamp(-1, 1) + 1) / 2), budget=budget)  # fmt: skip
+    solver = solver if solver is not None else SDEDPMSolverPP(2)
+    shape = (unet.config.in_channels, size, size)
+
+    def decode(x0: torch.Tensor) -> torch.Tensor:
+        return (x0.clamp(-1, 1) + 1) / 2
+
+    def make_chain(denoiser: Denoiser, cond: dict[str, torch.Tensor]) -> SolverChain:
+        return SolverChain(denoiser, grid, solver, shape, cond=cond, decode=decode, max_batch=max_batch)
+
+    null = {"class_labels": torch.tensor([NULL_CLASS])}
+    encodings = [({"class_labels": torch.tensor([label])}, null if guided else None) for label in labels]
+    return prompt_chains(
+        net,
+        encodings,
+        make_chain,
+        prediction_type="epsilon",
+        guidance_scale=guidance_scale if guided else None,
+        max_batch=max_batch,
+        threshold=x0_limit_from_config(scheduler_config),
+    )

@@ -12,14 +12,18 @@
   which then uses gloo; with ``--cpu`` or no flag it starts one.)
 * With ``search`` (``--search smc --particles 8 --reward digits``) each image is the result of an
   inference-time search (:class:`pipelines.search_pipeline.SearchPipeline`) for its prompt, seeded by the
-  image's own seed; images are then made one at a time (``batch_size`` bounds the particles per network
-  call instead), and the manifest records each image's reward and the NFE spent on it.
+  image's own seed. The images of a batch (``batch_size`` of them) are searched side by side, the particles
+  of all of them sharing every network call; the manifest records each image's reward, the NFE spent on it
+  and its anytime curve (``curve``: ``[[nfe, best reward scored so far], ...]``, :mod:`search.trace`).
+  Shared calls make a searched image depend on its batch only through floating-point rounding of batched
+  kernels; the same command reproduces the same images.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,6 +51,12 @@ from .sampler_names import DEFAULT_SAMPLER, SamplerSpec, resolve_sampler
 __all__ = ["GenerateOptions", "ImageJob", "generate", "image_seed", "plan_jobs", "load_model"]
 
 BUNDLED_DIGITS = "digits"
+#: a video's frames per second in its GIF/MP4 unless --fps is given: the family's own examples' rate
+#: (Wan's export_to_video(..., fps=16)), else DEFAULT_FPS (CogVideoX's examples use 8)
+DEFAULT_FPS = 8.0
+VIDEO_FPS = {"Wan": 16.0}  # pipeline class-name prefix -> fps
+DEFAULT_VIDEO_FORMATS = ("gif", "frames")
+VIDEO_FORMATS = ("gif", "frames", "mp4")  # the GIF is always written: the manifest's file, the report's
 DEFAULT_PARTICLES = 8
 #: the search configuration of an image, as its manifest line records it (None/absent without search)
 SEARCH_KEYS = ("search", "particles", "max_nfe", "reward_name", "reward_options")
@@ -81,6 +91,10 @@ class GenerateOptions:
     max_nfe: int | None = None
     reward: str | None = None  # a registered reward name or an importable "module:Class"
     reward_options: Mapping[str, Any] | Sequence[str] | None = None  # a dict, or "key=value" strings
+    # video models only (None: the pipeline's default frame count; DEFAULT_FPS / VIDEO_FPS; gif + frames)
+    num_frames: int | None = None
+    fps: float | None = None
+    video_formats: Sequence[str] | None = None  # "gif", "frames", "mp4" or comma lists of them
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,13 @@ class ImageJob:
         return image_seed(self.settings["seed"], self.prompt_index, self.sample_index)
 
     @property
+    def is_video(self) -> bool:
+        return "video_formats" in self.settings  # only a video model's jobs have video settings
+
+    @property
     def relpath(self) -> str:
+        if self.is_video:  # the GIF (always written); frames and MP4 lie beside it, see _write_video_files
+            return f"videos/{self.prompt_index}_{self.sample_index}.gif"
         return f"images/{self.prompt_index}_{self.sample_index}.png"
 
     def batch_key(self) -> str:
@@ -111,6 +131,7 @@ class DigitsModel:
     """The bundled class-conditional digits pipeline (8x8 grey images); prompts are digits or their names."""
 
     name = "dsample-digits"
+    is_video = False
     default_guidance = 2.0  # the lowest guidance at which every generated digit is recognised
     default_batch_size = 64
 
@@ -147,8 +168,15 @@ class DigitsModel:
         ).images
 
 
+def is_video_pipeline(pipe: Any) -> bool:
+    """Whether a diffusers pipeline makes videos: it has a ``video_processor`` (diffusers' VideoProcessor,
+    which every video pipeline, e.g. WanPipeline and CogVideoXPipeline, uses to return ``.frames``)."""
+    return getattr(pipe, "video_processor", None) is not None
+
+
 class DiffusersModel:
-    """Any diffusers text-to-image pipeline, by hub id or local directory."""
+    """Any diffusers text-to-image (or text-to-video: :func:`is_video_pipeline`) pipeline, by hub id or
+    local directory; a video pipeline's :meth:`generate` returns each job's frames."""
 
     default_guidance = None  # the pipeline's own default
     default_batch_size = 1
@@ -162,6 +190,9 @@ class DiffusersModel:
         self.pipe.set_progress_bar_config(disable=True)
         self.base_config = dict(self.pipe.scheduler.config)
         self.name = Path(model).name if Path(model).exists() else model
+        self.is_video = is_video_pipeline(self.pipe)
+        family = type(self.pipe).__name__
+        self.default_fps = next((v for k, v in VIDEO_FPS.items() if family.startswith(k)), DEFAULT_FPS)
 
     def check_prompt(self, prompt: str) -> None:
         return None
@@ -186,6 +217,10 @@ class DiffusersModel:
         for key in ("width", "height"):
             if s[key] is not None:
                 kwargs[key] = s[key]
+        if self.is_video:  # one list of PIL frames per job
+            if s["num_frames"] is not None:
+                kwargs["num_frames"] = s["num_frames"]
+            return self.pipe([j.prompt for j in jobs], **kwargs).frames
         return self.pipe([j.prompt for j in jobs], **kwargs).images
 
 
@@ -255,34 +290,112 @@ def _reward_options(options: Mapping[str, Any] | Sequence[str] | None) -> dict[s
     return dict(parse_option(text) for text in options)
 
 
-def load_search_reward(config: dict[str, Any], device: str | torch.device | None):
-    """The reward of a :func:`search_config`: a registered name or an importable ``module:Class``."""
+def load_search_reward(config: dict[str, Any], device: str | torch.device | None, video: bool = False):
+    """The reward of a :func:`search_config`: a registered name or an importable ``module:Class``; one
+    that scores images, or with ``video`` (a video model) one that scores videos."""
     from .score import ScoreOptions, build_reward
 
     options = ScoreOptions(
         run="", reward=config["reward_name"], options=config["reward_options"], device=device
     )
-    return build_reward(options)[1]
+    return build_reward(options, "video" if video else "image")[1]
 
 
-def _search_one(model, searcher, job: ImageJob) -> tuple[Image.Image, float, int]:
-    """One image by search, with the image's own seed: (image, its reward, NFE spent)."""
-    s = job.settings
+def _search_batch(model, searcher, jobs: list[ImageJob]) -> list[tuple[Any, float, int, list[list[float]]]]:
+    """Images (video jobs: frames) of jobs with the same settings, searched side by side -- their particles
+    share every network call (:class:`pipelines.search_pipeline.SearchPipeline`) -- each from its own seed:
+    per job (image, its reward, NFE spent, anytime curve)."""
+    s = jobs[0].settings
     device = getattr(model.pipe, "_execution_device", None) or model.pipe.device
     kwargs: dict[str, Any] = {
         "num_inference_steps": s["steps"],
         "guidance_scale": s["guidance"],
         # on the chain's device: the search draws its prior there
-        "generator": torch.Generator(device=device).manual_seed(job.seed),
+        "generator": [torch.Generator(device=device).manual_seed(job.seed) for job in jobs],
         "output_type": "pil",
     }
     if s["negative_prompt"]:
         kwargs["negative_prompt"] = s["negative_prompt"]
-    for key in ("width", "height"):
-        if s[key] is not None:
+    for key in ("width", "height", "num_frames"):
+        if s.get(key) is not None:
             kwargs[key] = s[key]
-    out = searcher(job.prompt, **kwargs)
-    return out.images[0], float(out.scores[0]), int(out.nfe[0])
+    out = searcher([job.prompt for job in jobs], **kwargs)
+    return [(out.images[i], float(out.scores[i]), int(out.nfe[i]), out.curves[i]) for i in range(len(jobs))]
+
+
+# ---------------------------------------------------------------------------------------------- video
+def video_formats(opts: GenerateOptions) -> tuple[str, ...] | None:
+    """The video files to write (in :data:`VIDEO_FORMATS` order, always with the GIF), or None when
+    ``--video-format`` is not given; ``UsageError`` for unknown formats or MP4 without imageio-ffmpeg."""
+    if opts.video_formats is None:
+        return None
+    if isinstance(opts.video_formats, str):
+        raise UsageError(f"video_formats must be a list of strings, not {opts.video_formats!r}")
+    names = [n.strip().lower() for text in opts.video_formats for n in str(text).split(",") if n.strip()]
+    unknown = [n for n in names if n not in VIDEO_FORMATS]
+    if unknown or not names:
+        raise UsageError(f"--video-format takes {', '.join(VIDEO_FORMATS)} (or a comma list), got {unknown}")
+    if "mp4" in names:
+        try:
+            import imageio.v2  # noqa: F401
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            from .video import VIDEO_EXTRA_HINT
+
+            raise UsageError(
+                f"--video-format mp4 needs imageio and imageio-ffmpeg: install the [video] extra "
+                f"({VIDEO_EXTRA_HINT})"
+            ) from None
+    return tuple(f for f in VIDEO_FORMATS if f == "gif" or f in names)
+
+
+def check_video_options(opts: GenerateOptions) -> None:
+    """Check the video flags that need no model (before it loads); ``UsageError`` if bad."""
+    video_formats(opts)
+    if opts.num_frames is not None and opts.num_frames < 1:
+        raise UsageError(f"--num-frames must be >= 1, got {opts.num_frames}")
+    if opts.fps is not None and not (math.isfinite(opts.fps) and opts.fps > 0):
+        raise UsageError(f"--fps must be a positive number, got {opts.fps}")
+
+
+def _video_settings(opts: GenerateOptions, model) -> dict[str, Any]:
+    """A video model's per-job video settings (num_frames, fps, video_formats); {} for an image model,
+    which refuses the video flags."""
+    formats = video_formats(opts)
+    if not getattr(model, "is_video", False):
+        flags = {"--num-frames": opts.num_frames, "--fps": opts.fps, "--video-format": opts.video_formats}
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only for video models; {model.name} makes images")
+        return {}
+    check_video_options(opts)
+    return {
+        "num_frames": opts.num_frames,  # None: the pipeline's default (the manifest records the count made)
+        "fps": float(opts.fps if opts.fps is not None else model.default_fps),
+        "video_formats": list(formats or DEFAULT_VIDEO_FORMATS),
+    }
+
+
+def _write_video_files(root: Path, job: ImageJob, pixels) -> dict[str, Any]:
+    """Write a job's video (uint8 frames (F, H, W, C)) in its formats; its manifest fields."""
+    from .video import write_video
+
+    s = job.settings
+    written = write_video(pixels, root / job.relpath, fps=s["fps"], formats=s["video_formats"])
+    return {
+        "num_frames": int(pixels.shape[0]),
+        "fps": s["fps"],
+        "video_formats": list(s["video_formats"]),
+        "video": {fmt: path.relative_to(root).as_posix() for fmt, path in written.items()},
+    }
+
+
+def _tidy_videos(root: Path) -> None:
+    """Delete temporaries a killed run left under ``videos/`` (and its frame directories)."""
+    videos = root / "videos"
+    if videos.is_dir():
+        for directory in [videos, *(d for d in videos.iterdir() if d.is_dir())]:
+            remove_stale_temporaries(directory)
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -302,6 +415,7 @@ def plan_jobs(specs: list[PromptSpec], opts: GenerateOptions, model) -> list[Ima
         "command line",
     )
     search = search_config(opts)
+    video = _video_settings(opts, model)
     samplers: dict[str, SamplerSpec] = {}
     jobs = []
     for p, spec in enumerate(specs):
@@ -325,7 +439,11 @@ def plan_jobs(specs: list[PromptSpec], opts: GenerateOptions, model) -> list[Ima
             "negative_prompt": merged.get("negative_prompt"),
             "width": merged.get("width"),
             "height": merged.get("height"),
+            **video,
         }
+        odd = [k for k in ("width", "height") if (settings[k] or 0) % 2]
+        if "mp4" in video.get("video_formats", ()) and odd:
+            raise UsageError(f"{where}: --video-format mp4 (H.264) needs an even {' and '.join(odd)}")
         for s in range(merged["num_images"]):
             jobs.append(ImageJob(p, s, spec.text, settings, sampler, search))
     return jobs
@@ -343,10 +461,16 @@ def _search_sampler(method: str, sampler: SamplerSpec, where: str) -> SamplerSpe
     return resolve_sampler("DPM++ 2M SDE") if get_search(method).stochastic else sampler
 
 
-def _batches(jobs: list[ImageJob], size: int) -> Iterator[list[ImageJob]]:
+def _batches(jobs: list[ImageJob], size: int, one_negative_prompt: bool = False) -> Iterator[list[ImageJob]]:
+    """Runs of at most ``size`` consecutive jobs that can share one pipeline call (``one_negative_prompt``:
+    and one negative prompt, as a search call takes)."""
+
+    def key(job: ImageJob) -> str:
+        return job.batch_key() + (f"/{job.settings['negative_prompt']}" if one_negative_prompt else "")
+
     batch: list[ImageJob] = []
     for job in jobs:
-        if batch and (len(batch) == size or job.batch_key() != batch[0].batch_key()):
+        if batch and (len(batch) == size or key(job) != key(batch[0])):
             yield batch
             batch = []
         batch.append(job)
@@ -405,19 +529,28 @@ def _check_existing(jobs: list[ImageJob], done: dict[tuple[int, int], dict], roo
 def _write_image(
     root: Path,
     job: ImageJob,
-    image: Image.Image,
+    image: Any,
     model_name: str,
     manifest: Manifest,
     rank: int,
-    found: tuple[float, int] | None = None,
+    found: tuple[float, int, list[list[float]]] | None = None,
 ) -> None:
-    """Write one image and its manifest line; ``found``: the search's (reward, NFE) for the image."""
+    """Write one image (a video job: its frames, as a video pipeline returns them) and its manifest line,
+    after the files are in place; ``found``: the search's (reward, NFE, anytime curve) for the image."""
+    pixels = None
+    if job.is_video:
+        from .video import to_uint8_frames
+
+        pixels = to_uint8_frames(image)  # (F, H, W, C) uint8
+        height, width = (int(n) for n in pixels.shape[1:3])
+    else:
+        width, height = image.width, image.height
     extra = {
         "sampler_label": job.sampler.a1111_name,
         "schedule_type": job.sampler.schedule_type,
         "image_seed": job.seed,
-        "width": image.width,
-        "height": image.height,
+        "width": width,
+        "height": height,
         "model": model_name,
     }
     record = {
@@ -428,15 +561,19 @@ def _write_image(
         "settings": job.settings,
         "image_seed": job.seed,
         "model": model_name,
-        "width": image.width,
-        "height": image.height,
+        "width": width,
+        "height": height,
         "process": rank,
     }
     if job.search is not None and found is not None:
         record.update(job.search)
-        record["reward"], record["nfe"] = found
+        record["reward"], record["nfe"], record["curve"] = found
         extra.update(search=job.search["search"], particles=job.search["particles"], nfe=found[1])
         extra.update(reward_name=job.search["reward_name"], reward=found[0])
+    if pixels is not None:
+        record.update(_write_video_files(root, job, pixels))
+        manifest.append(record)
+        return
     text = {"parameters": a1111_parameters(job.prompt, job.settings, extra), "dsample": json.dumps(record)}
     atomic_write_bytes(root / job.relpath, png_bytes(image, text))
     manifest.append(record)
@@ -448,8 +585,19 @@ def _load_image(path: Path) -> Image.Image:
         return image.copy()
 
 
+def _grid_tile(root: Path, prompt_index: int, sample_index: int) -> Image.Image:
+    """A job's image, or a video job's first frame (its PNG frame if written, else the GIF's)."""
+    png = root / f"images/{prompt_index}_{sample_index}.png"
+    if png.is_file():
+        return _load_image(png)
+    frame = root / f"videos/{prompt_index}_{sample_index}/frame_0000.png"
+    tile = _load_image(frame if frame.is_file() else root / f"videos/{prompt_index}_{sample_index}.gif")
+    return tile.convert("RGB") if tile.mode == "P" else tile
+
+
 def _write_grid(root: Path, prompt_index: int, count: int) -> None:
-    images = [_load_image(root / f"images/{prompt_index}_{s}.png") for s in range(count)]
+    """``grids/{prompt}.png``: the prompt's images, or for a video model each video's first frame."""
+    images = [_grid_tile(root, prompt_index, s) for s in range(count)]
     grid = image_grid([im.convert(images[0].mode) for im in images])
     atomic_write_bytes(root / f"grids/{prompt_index}.png", png_bytes(grid, {}))
 
@@ -462,6 +610,7 @@ def generate(opts: GenerateOptions) -> dict[str, Any]:
 
         diffusers_logging.disable_progress_bar()
     search = search_config(opts)  # bad search settings fail before the model loads
+    check_video_options(opts)  # as do bad video flags (--video-format mp4 without its extra)
     specs = _prompt_specs(opts)
     model = load_model(opts.model, opts.device or procs.gpu_device())
     jobs = plan_jobs(specs, opts, model)
@@ -473,16 +622,14 @@ def generate(opts: GenerateOptions) -> dict[str, Any]:
         from .search_pipeline import SearchPipeline
 
         device = model.pipe.device
-        reward = load_search_reward(search, None if device.type == "cpu" else device)
+        reward = load_search_reward(search, None if device.type == "cpu" else device, model.is_video)
         searcher = SearchPipeline(
             model.pipe,
             search["search"],
             reward,
             particles=search["particles"],
             max_nfe=search["max_nfe"],
-            max_batch=opts.batch_size,
         )
-        batch_size = 1  # one search per image; --batch-size bounds the particles per network call
     root = Path(opts.out)
     if root.exists() and not root.is_dir():
         raise UsageError(f"--out {str(root)!r} exists and is not a directory")
@@ -495,6 +642,7 @@ def generate(opts: GenerateOptions) -> dict[str, Any]:
         (root / "grids").mkdir(exist_ok=True)
         remove_stale_temporaries(root / "images")
         remove_stale_temporaries(root / "grids")
+        _tidy_videos(root)
         if not manifest_clean:
             rewrite_manifest(manifest_path, done)
     procs.barrier()
@@ -516,17 +664,18 @@ def generate(opts: GenerateOptions) -> dict[str, Any]:
         if left == 0 and not (root / f"grids/{p}.png").exists():
             _write_grid(root, p, per_prompt[p])
     found: list[tuple[float, int]] = []
-    for batch in _batches(todo, batch_size):
+    for batch in _batches(todo, batch_size, search is not None):
         if searcher is not None:
-            job = batch[0]
-            image, score, nfe = _search_one(model, searcher, job)
-            found.append((score, nfe))
-            _write_image(root, job, image, model.name, manifest, procs.rank, (score, nfe))
-            remaining[job.prompt_index] -= 1
-            if remaining[job.prompt_index] == 0:
-                _write_grid(root, job.prompt_index, per_prompt[job.prompt_index])
-            bar.set_postfix(reward=f"{score:.3g}", nfe=nfe, refresh=False)
-            bar.update(1)
+            for job, (image, score, nfe, curve) in zip(
+                batch, _search_batch(model, searcher, batch), strict=True
+            ):
+                found.append((score, nfe))
+                _write_image(root, job, image, model.name, manifest, procs.rank, (score, nfe, curve))
+                remaining[job.prompt_index] -= 1
+                if remaining[job.prompt_index] == 0:
+                    _write_grid(root, job.prompt_index, per_prompt[job.prompt_index])
+                bar.set_postfix(reward=f"{score:.3g}", nfe=nfe, refresh=False)
+                bar.update(1)
             continue
         spec = batch[0].sampler
         if spec.label not in schedulers:
@@ -548,6 +697,7 @@ def generate(opts: GenerateOptions) -> dict[str, Any]:
         "seconds": seconds,
         "out": str(root),
         "is_main": procs.is_main,
+        "videos": bool(jobs) and jobs[0].is_video,  # "images" then counts videos, in out/videos
     }
     if search is not None:  # means over the images this run made (all processes)
         reward_sum = sum(procs.gather(float(sum(r for r, _ in found))))

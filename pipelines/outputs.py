@@ -99,10 +99,29 @@ class Manifest:
             os.close(fd)
 
 
+def _files_exist(root: Path, record: dict[str, Any]) -> bool:
+    """Whether a record's files are all in place: its image, and a video's every file (GIF, MP4, and each
+    of its ``num_frames`` PNG frames)."""
+    if not (root / record["image"]).is_file():
+        return False
+    video = record.get("video")
+    if video is None:
+        return True
+    for fmt, relpath in video.items():
+        if fmt == "frames":
+            names = [f"frame_{i:04d}.png" for i in range(int(record["num_frames"]))]
+            if not all((root / relpath / name).is_file() for name in names):
+                return False
+        elif not (root / relpath).is_file():
+            return False
+    return True
+
+
 def read_manifest(path: Path, root: Path) -> tuple[dict[tuple[int, int], dict], bool]:
     """Finished images by (prompt index, sample index), and whether ``path`` lists exactly these.
 
-    Torn or invalid lines, duplicates and entries whose image file is missing are dropped; when any were,
+    Torn or invalid lines, duplicates and entries whose image file (a video: any of its files) is missing
+    are dropped; when any were,
     the flag is False and :func:`rewrite_manifest` makes every image listed exactly once."""
     if not path.exists():
         return {}, True
@@ -112,8 +131,8 @@ def read_manifest(path: Path, root: Path) -> tuple[dict[tuple[int, int], dict], 
         try:
             record = json.loads(raw)
             key = (int(record["prompt_index"]), int(record["sample_index"]))
-            file_ok = (root / record["image"]).is_file()
-        except (ValueError, KeyError, TypeError):
+            file_ok = _files_exist(root, record)
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
         if file_ok and key not in entries:
             entries[key] = record

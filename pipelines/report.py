@@ -6,8 +6,11 @@ inline CSS and no scripts, so it can be mailed or attached as one file. It shows
 * the run's parameters (model, sampler, steps, guidance, seed, search settings where the run used search),
 * every image, best reward first, with its prompt, seed, reward and NFE,
 * a per-prompt summary (count, mean / min / max reward, mean NFE),
+* for search runs whose manifest lines carry a ``curve`` ([[nfe, best], ...]: the best look-ahead reward
+  seen after spending ``nfe`` model evaluations), every image's curve as a step line and each search
+  configuration's mean curve; records without a valid curve are left out of that plot,
 * for search runs, whose manifest lines carry ``reward`` and ``nfe``, a scatter of reward against NFE per
-  image, drawn as inline SVG.
+  image. Both plots are inline SVG.
 
 The reward is the manifest's own ``reward`` (search runs) or a ``RUN/scores/<name>.jsonl`` written by
 ``dsample score`` (``reward=`` picks one; by default the manifest's, else the only scores file). With none the
@@ -17,6 +20,7 @@ images keep their manifest order and the page says so.
 from __future__ import annotations
 
 import base64
+import bisect
 import html
 import io
 import json
@@ -124,8 +128,24 @@ def _choose_reward(
 
 
 def _data_uri(path: Path) -> str:
+    """The file as a data URI: PNGs as they are, animated GIFs (videos) as GIFs, keeping the animation;
+    either as a thumbnail (every frame) when larger than MAX_EMBED_SIDE; other images as PNG thumbnails."""
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as image:
+        if image.format == "GIF" and getattr(image, "n_frames", 1) > 1:
+            if max(image.size) > MAX_EMBED_SIDE:
+                from PIL import ImageSequence
+
+                from .video import gif_bytes
+
+                frames, durations = [], []
+                for frame in ImageSequence.Iterator(image):
+                    durations.append(frame.info.get("duration", 100))
+                    thumb = frame.convert("RGB")
+                    thumb.thumbnail((MAX_EMBED_SIDE, MAX_EMBED_SIDE), Image.LANCZOS)
+                    frames.append(thumb)
+                data = gif_bytes(frames, durations, image.info.get("loop", 0))
+            return "data:image/gif;base64," + base64.b64encode(data).decode("ascii")
         if image.format != "PNG" or max(image.size) > MAX_EMBED_SIDE:
             image.load()
             thumb = image.convert("RGBA" if "A" in image.getbands() else "RGB")
@@ -213,35 +233,60 @@ def _padded(values: Sequence[float]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def _scatter_svg(points: list[tuple[float, float, str, str]], x_label: str, y_label: str) -> str:
-    """An SVG scatter plot of (x, y, series, tooltip) points, one colour per series, with a legend."""
-    width, height = 720, 380
-    left, right, top, bottom = 78, 170, 16, 48
-    plot_w, plot_h = width - left - right, height - top - bottom
-    x_lo, x_hi = _padded([p[0] for p in points])
-    y_lo, y_hi = _padded([p[1] for p in points])
+_SVG_SIZE = (720, 380)  # width, height
+_SVG_MARGIN = (78, 170, 16, 48)  # left, right (room for the legend), top, bottom
+_LEGEND_MAX = 16
 
-    def sx(x: float) -> float:
-        return left + (x - x_lo) / (x_hi - x_lo) * plot_w
 
-    def sy(y: float) -> float:
-        return top + (y_hi - y) / (y_hi - y_lo) * plot_h
+@dataclass(frozen=True)
+class _Axes:
+    """The data ranges of one plot and their mapping to SVG coordinates (y grows upwards)."""
 
-    series = list(dict.fromkeys(p[2] for p in points))
-    colour = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(series)}
+    x_lo: float
+    x_hi: float
+    y_lo: float
+    y_hi: float
+
+    @classmethod
+    def around(cls, xs: Sequence[float], ys: Sequence[float]) -> _Axes:
+        return cls(*_padded(xs), *_padded(ys))
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """left, top, width, height of the plot area."""
+        (width, height), (left, right, top, bottom) = _SVG_SIZE, _SVG_MARGIN
+        return left, top, width - left - right, height - top - bottom
+
+    def sx(self, x: float) -> float:
+        left, _, plot_w, _ = self.box
+        return left + (x - self.x_lo) / (self.x_hi - self.x_lo) * plot_w
+
+    def sy(self, y: float) -> float:
+        _, top, _, plot_h = self.box
+        return top + (self.y_hi - y) / (self.y_hi - self.y_lo) * plot_h
+
+
+def _colours(series: Iterable[str]) -> dict[str, str]:
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(dict.fromkeys(series))}
+
+
+def _svg_frame(axes: _Axes, x_label: str, y_label: str) -> list[str]:
+    """The opening of an SVG plot: the plot area, grid lines, tick values and axis labels."""
+    width, height = _SVG_SIZE
+    left, top, plot_w, plot_h = axes.box
     out = [
         f'<svg class="curves" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(y_label)} against {_esc(x_label)}">',
         f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="#888"/>',
     ]
-    for t in _ticks(x_lo, x_hi):
-        x = sx(t)
+    for t in _ticks(axes.x_lo, axes.x_hi):
+        x = axes.sx(t)
         out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" stroke="#eee"/>')
         out.append(
             f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle" font-size="11">{t:g}</text>'
         )
-    for t in _ticks(y_lo, y_hi):
-        y = sy(t)
+    for t in _ticks(axes.y_lo, axes.y_hi):
+        y = axes.sy(t)
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#eee"/>')
         out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{t:.4g}</text>')
     out.append(
@@ -252,23 +297,142 @@ def _scatter_svg(points: list[tuple[float, float, str, str]], x_label: str, y_la
         f'<text transform="translate(16 {top + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle" '
         f'font-size="12">{_esc(y_label)}</text>'
     )
+    return out
+
+
+def _svg_legend(axes: _Axes, colour: dict[str, str], marker: str) -> list[str]:
+    """A legend right of the plot area: one ``marker`` ("dot" or "line") and name per series."""
+    left, top, plot_w, _ = axes.box
+    x = left + plot_w + 16
+    out = []
+    for i, (name, fill) in enumerate(list(colour.items())[:_LEGEND_MAX]):
+        y = top + 10 + 18 * i
+        if marker == "line":
+            out.append(
+                f'<line x1="{x - 7}" y1="{y}" x2="{x + 5}" y2="{y}" stroke="{fill}" stroke-width="3"/>'
+            )
+        else:
+            out.append(f'<circle cx="{x}" cy="{y}" r="4" fill="{fill}"/>')
+        label = name if len(name) <= 20 else name[:19] + "…"
+        out.append(f'<text x="{x + 10}" y="{y + 4}" font-size="11">{_esc(label)}</text>')
+    if len(colour) > _LEGEND_MAX:
+        out.append(
+            f'<text x="{x + 10}" y="{top + 10 + 18 * _LEGEND_MAX + 4}" font-size="11">'
+            f"… {len(colour) - _LEGEND_MAX} more</text>"
+        )
+    return out
+
+
+def _scatter_svg(points: list[tuple[float, float, str, str]], x_label: str, y_label: str) -> str:
+    """An SVG scatter plot of (x, y, series, tooltip) points, one colour per series, with a legend."""
+    axes = _Axes.around([p[0] for p in points], [p[1] for p in points])
+    colour = _colours(p[2] for p in points)
+    out = _svg_frame(axes, x_label, y_label)
     for x, y, name, tip in points:
         out.append(
-            f'<circle class="point" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{colour[name]}" '
+            f'<circle class="point" cx="{axes.sx(x):.1f}" cy="{axes.sy(y):.1f}" r="4" fill="{colour[name]}" '
             f'fill-opacity="0.75" stroke="#333" stroke-width="0.5"><title>{_esc(tip)}</title></circle>'
         )
-    for i, name in enumerate(series[:16]):
-        y = top + 10 + 18 * i
-        label = name if len(name) <= 20 else name[:19] + "…"
-        out.append(f'<circle cx="{left + plot_w + 16}" cy="{y}" r="4" fill="{colour[name]}"/>')
-        out.append(f'<text x="{left + plot_w + 26}" y="{y + 4}" font-size="11">{_esc(label)}</text>')
-    if len(series) > 16:
-        out.append(
-            f'<text x="{left + plot_w + 26}" y="{top + 10 + 18 * 16 + 4}" font-size="11">'
-            f"… {len(series) - 16} more</text>"
-        )
+    out += _svg_legend(axes, colour, "dot")
     out.append("</svg>")
     return "\n".join(out)
+
+
+@dataclass
+class _Line:
+    """One line of ``_line_svg``: its (x, y) vertices, series (colour), tooltip, CSS class and width."""
+
+    points: list[tuple[float, float]]
+    series: str
+    tip: str
+    kind: str = "line"
+    width: float = 1.0
+    opacity: float = 1.0
+
+
+def _steps(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The vertices of the step function through ``points`` (each value holds until the next x)."""
+    out: list[tuple[float, float]] = []
+    for x, y in points:
+        if out:
+            out.append((x, out[-1][1]))
+        out.append((x, y))
+    return out
+
+
+def _line_svg(lines: list[_Line], x_label: str, y_label: str, step: bool = False) -> str:
+    """An SVG line plot of ``lines`` (drawn in order), one colour per series, with a legend; ``step`` draws
+    each line as a step function (horizontal, then vertical) instead of straight segments."""
+    axes = _Axes.around([x for ln in lines for x, _ in ln.points], [y for ln in lines for _, y in ln.points])
+    colour = _colours(ln.series for ln in lines)
+    out = _svg_frame(axes, x_label, y_label)
+    for ln in lines:
+        vertices = _steps(ln.points) if step else ln.points
+        if len(vertices) == 1:
+            vertices = vertices * 2  # a zero-length line, drawn as a dot by its round caps
+        coords = " ".join(f"{axes.sx(x):.1f},{axes.sy(y):.1f}" for x, y in vertices)
+        out.append(
+            f'<polyline class="{_esc(ln.kind)}" points="{coords}" fill="none" stroke="{colour[ln.series]}" '
+            f'stroke-width="{ln.width:g}" stroke-opacity="{ln.opacity:g}" stroke-linecap="round" '
+            f'stroke-linejoin="round"><title>{_esc(ln.tip)}</title></polyline>'
+        )
+    out += _svg_legend(axes, colour, "line")
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _curve(record: dict[str, Any]) -> list[tuple[float, float]] | None:
+    """The record's anytime search curve as (nfe, best) pairs, or None when it has none or it is malformed
+    (not a list of [nfe, best] pairs of finite numbers, nfe >= 0 strictly increasing, best non-decreasing)."""
+    raw = record.get("curve")
+    if not isinstance(raw, list) or not raw:
+        return None
+    curve: list[tuple[float, float]] = []
+    for pair in raw:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            return None
+        nfe, best = _number(pair[0]), _number(pair[1])
+        if nfe is None or best is None or not (math.isfinite(nfe) and math.isfinite(best)) or nfe < 0:
+            return None
+        if curve and (nfe <= curve[-1][0] or best < curve[-1][1]):
+            return None
+        curve.append((nfe, best))
+    return curve
+
+
+def _step_value(curve: Sequence[tuple[float, float]], x: float) -> float:
+    """The value at ``x`` (not before the curve's first x) of the step function through ``curve``."""
+    return curve[bisect.bisect_right([p[0] for p in curve], x) - 1][1]
+
+
+def _mean_curve(curves: Sequence[Sequence[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """The mean of the step functions ``curves`` at every x of theirs from the largest first x (where every
+    curve has a value); each curve keeps its last value after its last x."""
+    start = max(c[0][0] for c in curves)
+    xs = sorted({x for c in curves for x, _ in c if x >= start})
+    return [(x, sum(_step_value(c, x) for c in curves) / len(curves)) for x in xs]
+
+
+def _curve_lines(items: list[_Item]) -> list[_Line]:
+    """Thin step lines of every image's valid curve, then one thick mean line per search configuration."""
+    groups: dict[str, list[tuple[_Item, list[tuple[float, float]]]]] = {}
+    for item in items:
+        if (curve := _curve(item.record)) is not None:
+            groups.setdefault(_search_label(item.record), []).append((item, curve))
+    lines: list[_Line] = []
+    for label, group in groups.items():
+        for item, curve in group:
+            r = item.record
+            tip = (
+                f"{label}: {r.get('prompt', '')} (seed {r.get('image_seed')}): best {_fmt(curve[-1][1])} "
+                f"after {curve[-1][0]:g} NFE"
+            )
+            lines.append(_Line(curve, label, tip, kind="curve", width=1.2, opacity=0.45))
+    for label, group in groups.items():
+        mean = _mean_curve([curve for _, curve in group])
+        tip = f"{label}: mean of {len(group)} image{'s' * (len(group) != 1)} from {mean[0][0]:g} NFE"
+        lines.append(_Line(mean, label, tip, kind="mean", width=3.0))
+    return lines
 
 
 def _search_label(record: dict[str, Any]) -> str:
@@ -355,8 +519,27 @@ def _render(
         for i in items
         if i.nfe is not None and _finite(i.reward)
     ]
+    lines = _curve_lines(items)
+    if lines:
+        curve_records = [i.record for i in items if _curve(i.record) is not None]
+        search_reward = _distinct(r.get("reward_name") or "reward" for r in curve_records)
+        parts.append("<h2>Search curves: best reward against NFE</h2>")
+        parts.append(
+            _line_svg(lines, "NFE (model evaluations per image)", f"best {search_reward} seen", step=True)
+        )
+        parts.append(
+            '<p class="muted">Thin steps: the best (look-ahead) search reward each image\'s search had seen '
+            "after spending that many NFE. Thick: the mean of its configuration's images, drawn from the "
+            "largest of their first NFE values, where every image of the configuration has started.</p>"
+        )
+    elif has_nfe or points:
+        parts.append("<h2>Search curves</h2>")
+        parts.append(
+            '<p class="muted">No anytime curves: no manifest record has a valid <code>curve</code> '
+            "(best reward against NFE; runs made before it was recorded have none).</p>"
+        )
     if points:
-        parts.append("<h2>Search curves: reward against NFE</h2>")
+        parts.append("<h2>Final reward against NFE</h2>")
         parts.append(_scatter_svg(points, "NFE (model evaluations per image)", reward_label))
     elif not has_nfe:
         parts.append(

@@ -53,9 +53,10 @@ def _load_rgb_or_grey(path: Path) -> Image.Image:
         return image if image.mode in ("L", "RGB") else image.convert("RGB")
 
 
-def build_reward(opts: ScoreOptions):
+def build_reward(opts: ScoreOptions, modality: str = "image"):
     """(canonical name, reward) of ``opts``: a registered reward or a ``module:attribute`` path, built
-    with its options, checked to score images, moved to the device; ``UsageError`` if any of it fails."""
+    with its options, checked to score ``modality`` (images, or ``"video"``), moved to the device;
+    ``UsageError`` if any of it fails."""
     try:
         key = canonical_reward_name(opts.reward)
     except ValueError as error:
@@ -64,11 +65,14 @@ def build_reward(opts: ScoreOptions):
         reward = load_reward(key, **opts.options)
     except TypeError as error:  # an option the constructor does not take
         raise UsageError(f"reward {key!r}: {error}") from error
-    except (FileNotFoundError, ValueError, OSError) as error:
+    except (FileNotFoundError, ValueError, OSError, ImportError) as error:
         raise UsageError(f"reward {key!r} could not be loaded: {error}") from error
-    modality = getattr(reward, "modality", "image")
-    if not callable(reward) or modality != "image":
-        raise UsageError(f"reward {key!r} scores {modality}, not images")
+    scores = getattr(reward, "modality", "image")
+    if not callable(reward) or scores != modality:
+        examples = " (e.g. motion, temporal-consistency)" if modality == "video" else ""
+        raise UsageError(
+            f"reward {key!r} scores {scores}, not {modality}s; this needs a {modality} reward{examples}"
+        )
     if opts.batch_size is not None:
         if opts.batch_size < 1:
             raise UsageError("--batch-size must be positive")

@@ -1,28 +1,31 @@
 """``SearchPipeline``: inference-time search inside an ordinary diffusers pipeline call.
 
 ``SearchPipeline.from_pipeline(pipe, search="smc", reward=reward)`` wraps a Stable Diffusion / SDXL, SD3 /
-Flux or the bundled digits pipeline. Its ``__call__`` takes the wrapped pipeline's usual arguments (prompt,
-``num_inference_steps``, ``guidance_scale``, ``height``/``width``, ``negative_prompt``, ``generator``,
-``output_type``) and returns the pipeline's usual output (``.images``, in the pipeline's own output
-conventions) plus the search's metadata: per prompt, the returned sample's reward, the NFE spent and the
-method's history. With ``search=None`` it *is* the pipeline call (same seed, same pixels).
+Flux, Wan or CogVideoX pipeline, or the bundled digits pipeline. Its ``__call__`` takes the wrapped pipeline's
+usual arguments (prompt, ``num_inference_steps``, ``guidance_scale``, ``height``/``width``,
+``negative_prompt``, ``generator``, ``output_type``) and returns the pipeline's usual output (``.images``, in
+the pipeline's own output conventions) plus the search's metadata: per prompt, the returned sample's reward,
+the NFE spent, the method's history and its anytime curve (best reward scored against NFE). With
+``search=None`` it *is* the pipeline call (same seed, same pixels).
 
-Video pipelines (Wan) take ``num_frames`` and return ``.frames`` as they do. Each prompt becomes a chain
-through :mod:`pipelines.adapters` (the prompt encoded once, CFG in one batched
-call, the pipeline's latent shape and VAE decoding for look-ahead rewards) and the method runs on it
+Video pipelines (Wan, CogVideoX) take ``num_frames`` and return ``.frames`` as they do. Each prompt becomes a
+chain through :mod:`pipelines.adapters` (the prompt encoded once, CFG in one batched call, the pipeline's
+latent shape and VAE decoding for look-ahead rewards) and the method runs on it
 (:func:`search.registry.run_search`): particle and tree methods on the stochastic chain (the SDE solver, or
-for flow models the flow -> SDE conversion on the VP interpolant), noise-search methods on the ODE chain.
-Prompts are searched one after another; ``max_batch`` bounds the particles per network call.
+for flow models the flow -> SDE conversion on the VP interpolant), noise-search methods on the ODE chain. The
+prompts of one call are searched side by side (:func:`search.lockstep.run_lockstep`): every network call is
+one batched call on the particles of all prompts, and ``max_batch`` bounds the particles per call.
 
-``lookahead_vae`` (e.g. diffusers' ``AutoencoderTiny``, TAESD) makes the search's decoding cheap: every
-sample the method scores (look-aheads and selection) is decoded with it, and only the returned sample of each
-prompt is decoded again with the pipeline's own VAE and re-scored (one more reward call per prompt).
+``lookahead_vae`` (e.g. diffusers' ``AutoencoderTiny``, TAESD) makes the search's decoding cheap: every sample
+the method scores (look-aheads and selection) is decoded with it, and only the returned sample of each prompt
+is decoded again with the pipeline's own VAE and re-scored (one more reward call per prompt).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,22 +33,32 @@ import torch
 from PIL import Image
 
 from search.chain import SolverChain
+from search.lockstep import Exclusive, run_lockstep
 from search.registry import get_search, run_search
+from search.trace import recording
 
 __all__ = ["OUTPUT_TYPES", "SearchPipeline", "SearchPipelineOutput"]
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+#: further arguments of the pipelines' ``__call__`` that searches take (passed on to the adapters)
+_ADAPTER_OPTIONS = {
+    "unet": frozenset(),
+    "flow": frozenset({"max_sequence_length", "true_cfg_scale"}),
+    "cogvideox": frozenset({"max_sequence_length"}),
+}
 
 
 @dataclass
 class SearchPipelineOutput:
     """``images`` as the wrapped pipeline returns them, and per prompt: ``scores`` (reward of the returned
-    sample), ``nfe`` (model calls spent, per particle) and ``history`` (the method's per-step records)."""
+    sample), ``nfe`` (model calls spent, per particle), ``history`` (the method's per-step records) and
+    ``curves`` (the anytime curve ``[[nfe, best reward scored so far], ...]`` of :mod:`search.trace`)."""
 
     images: Any
     scores: list[float] = field(default_factory=list)
     nfe: list[int] = field(default_factory=list)
     history: list[list[dict[str, Any]]] = field(default_factory=list)
+    curves: list[list[list[float]]] = field(default_factory=list)
 
     @property
     def frames(self) -> Any:
@@ -72,6 +85,10 @@ class SearchPipeline:
             pipeline's own VAE and re-scored by ``reward`` (one extra reward call per prompt): ``images`` and
             ``scores`` describe that full-quality decode, ``nfe`` and ``history`` are the search's (the
             history's rewards are the cheap decodes'). Not for the digits pipeline (it has no VAE).
+        batch_prompts: search the prompts of one call side by side, their particles sharing network calls
+            (:func:`search.lockstep.run_lockstep`; True, the default), or one after another (False). Both
+            give the same images up to the rounding of batched kernels: each prompt's search draws from its
+            own generator either way.
     """
 
     def __init__(
@@ -85,6 +102,7 @@ class SearchPipeline:
         search_kwargs: dict[str, Any] | None = None,
         max_batch: int | None = None,
         lookahead_vae: Any = None,
+        batch_prompts: bool = True,
     ):
         if lookahead_vae is not None and _kind(pipe) == "digits":
             raise ValueError("lookahead_vae: the digits pipeline has no VAE")
@@ -96,39 +114,46 @@ class SearchPipeline:
         self.particles, self.max_nfe, self.max_batch = particles, max_nfe, max_batch
         self.search_kwargs = dict(search_kwargs or {})
         self.lookahead_vae = lookahead_vae
+        self.batch_prompts = batch_prompts
 
     @classmethod
     def from_pipeline(cls, pipe: Any, search: str | None = "smc", reward: Any = None, **kwargs: Any):
         return cls(pipe, search, reward, **kwargs)
 
-    def chain(self, prompt: str, *, stochastic: bool, **call_kwargs: Any) -> SolverChain:
-        """The chain of one prompt, built by the adapter for the wrapped pipeline's kind."""
-        from .adapters import flow_pipeline_chain, pipeline_kind, stable_diffusion_chain
+    def chains(
+        self, prompts: Sequence[str], *, stochastic: bool, vae: Any = ..., **call_kwargs: Any
+    ) -> list[SolverChain]:
+        """One chain per prompt, built by the adapter for the wrapped pipeline's kind, all sharing one network
+        call (see :mod:`pipelines.adapters`); ``vae``: the VAE their ``decode`` uses (default: the
+        ``lookahead_vae``, else the pipeline's)."""
+        from .adapters import cogvideox_chains, flow_pipeline_chains, pipeline_kind, stable_diffusion_chains
+        from .digits import DIGITS_MODEL, DigitsPipeline, digits_chains
 
-        batch = self.max_batch
-        from .digits import DIGITS_MODEL, DigitsPipeline, digits_chain
-
+        vae = self.lookahead_vae if vae is ... else vae
         kind = _kind(self.pipe)
         if kind == "digits":
             assert isinstance(self.pipe, DigitsPipeline)
-            return digits_chain(
-                prompt,
+            return digits_chains(
+                prompts,
                 unet=self.pipe.unet,
                 steps=call_kwargs["num_inference_steps"],
                 guidance_scale=call_kwargs["guidance_scale"],
                 solver=_solver(stochastic),
                 model=getattr(self.pipe, "name_or_path", None) or DIGITS_MODEL,
+                max_batch=self.max_batch,
             )
         kwargs = {k: v for k, v in call_kwargs.items() if v is not None}
+        kwargs.update(max_batch=self.max_batch, vae=vae)
         if kind == "unet":
-            solver = _solver(stochastic)
-            return stable_diffusion_chain(
-                self.pipe, prompt, solver=solver, max_batch=batch, vae=self.lookahead_vae, **kwargs
-            )
+            return stable_diffusion_chains(self.pipe, prompts, solver=_solver(stochastic), **kwargs)
+        if kind == "cogvideox":
+            return cogvideox_chains(self.pipe, prompts, solver=_solver(stochastic), **kwargs)
         pipeline_kind(self.pipe)  # a TypeError for a pipeline no adapter supports
-        return flow_pipeline_chain(
-            self.pipe, prompt, stochastic=stochastic, max_batch=batch, vae=self.lookahead_vae, **kwargs
-        )
+        return flow_pipeline_chains(self.pipe, prompts, stochastic=stochastic, **kwargs)
+
+    def chain(self, prompt: str, *, stochastic: bool, **call_kwargs: Any) -> SolverChain:
+        """The chain of one prompt (:meth:`chains`)."""
+        return self.chains([prompt], stochastic=stochastic, **call_kwargs)[0]
 
     def __call__(
         self,
@@ -170,9 +195,11 @@ class SearchPipeline:
                 **plain,
                 **pipe_kwargs,
             )
-        if pipe_kwargs:
-            unsupported = sorted(pipe_kwargs)
+        passed = _ADAPTER_OPTIONS.get(_kind(self.pipe), frozenset())
+        unsupported = sorted(set(pipe_kwargs) - passed)
+        if unsupported:
             raise ValueError(f"with search, these pipeline arguments are not supported: {unsupported}")
+        call.update(pipe_kwargs)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, not {output_type!r}")
         if self.reward is None:
@@ -185,20 +212,39 @@ class SearchPipeline:
                 "num_inference_steps": num_inference_steps or 20,
                 "guidance_scale": 2.0 if guidance_scale is None else guidance_scale,
             }
+        chains = self.chains([str(p) for p in prompts], stochastic=method.stochastic, **call)
+
+        reward = Exclusive(self.reward)  # the searches side by side score one at a time
+
+        def search_one(chain: SolverChain, text: str, g: torch.Generator | None):
+            with recording() as trace:
+                result = run_search(
+                    method.name,
+                    chain,
+                    reward,
+                    particles=particles,
+                    max_nfe=max_nfe,
+                    prompts=text,
+                    generator=g,
+                    **self.search_kwargs,
+                )
+            return result, trace.as_lists()
+
+        tasks = [
+            partial(search_one, chain, str(text), g)
+            for chain, text, g in zip(chains, prompts, generators, strict=True)
+        ]
+        if self.batch_prompts and len(tasks) > 1:
+            found = run_lockstep(tasks)
+        else:
+            found = [task() for task in tasks]
         images, output = [], SearchPipelineOutput(images=None)
-        full_decode = None if self.lookahead_vae is None else _full_decoder(self.pipe, call)
-        for text, g in zip(prompts, generators, strict=True):
-            chain = self.chain(str(text), stochastic=method.stochastic, **call)
-            result = run_search(
-                method.name,
-                chain,
-                self.reward,
-                particles=particles,
-                max_nfe=max_nfe,
-                prompts=str(text),
-                generator=g,
-                **self.search_kwargs,
-            )
+        full_decode = None
+        if self.lookahead_vae is not None:  # the pipeline's own VAE (the same decode for every prompt)
+            full_decode = self.chains([str(prompts[0])], stochastic=method.stochastic, vae=None, **call)[
+                0
+            ].decode
+        for text, (result, curve) in zip(prompts, found, strict=True):
             sample, score = result.samples[:1], result.scores[0]
             if full_decode is not None:  # the returned sample through the pipeline's own VAE, re-scored
                 with torch.no_grad():
@@ -208,6 +254,7 @@ class SearchPipeline:
             output.scores.append(float(score))
             output.nfe.append(result.nfe)
             output.history.append(result.history)
+            output.curves.append(curve)
         output.images = _as_output(self.pipe, torch.cat(images), output_type)
         return output if return_dict else (output.images,)
 
@@ -218,26 +265,16 @@ def _kind(pipe: Any) -> str:
 
     if isinstance(pipe, DigitsPipeline):
         return "digits"
+    if type(pipe).__name__.startswith("CogVideoX"):
+        from diffusers import CogVideoXPipeline
+
+        if isinstance(pipe, CogVideoXPipeline):
+            return "cogvideox"
     if getattr(pipe, "unet", None) is not None:
         return "unet"
     if is_sdxl(pipe) and getattr(pipe, "transformer", None) is None:  # SD3 / Flux have text_encoder_2 too
         return "unet"
     return "flow"
-
-
-def _full_decoder(pipe: Any, call: dict[str, Any]):
-    """Final latents -> [0, 1] images through the pipeline's own VAE, as the adapters' ``decode`` with
-    ``vae=None`` (Flux's packed latents are unpacked first, at the chain's height and width)."""
-    from .adapters import pipeline_kind
-    from .adapters.common import vae_decoder
-
-    decode = vae_decoder(pipe.vae)
-    if _kind(pipe) != "flow" or pipeline_kind(pipe) != "flux":
-        return decode
-    factor = pipe.vae_scale_factor
-    height = call.get("height") or pipe.default_sample_size * factor
-    width = call.get("width") or pipe.default_sample_size * factor
-    return lambda x0: decode(pipe._unpack_latents(x0, height, width, factor))
 
 
 def _solver(stochastic: bool):
@@ -248,11 +285,18 @@ def _solver(stochastic: bool):
 
 
 def _generators(generator: Any, n: int) -> list[torch.Generator | None]:
+    """One generator per prompt: the given list, or for several prompts and one generator (or None: the
+    global RNG) independent generators seeded from it, so that each search draws its own stream whether the
+    searches run one after another or side by side."""
     if isinstance(generator, list | tuple):
         if len(generator) != n:
             raise ValueError(f"{len(generator)} generators for {n} prompts")
         return list(generator)
-    return [generator] * n
+    if n == 1:
+        return [generator]
+    device = "cpu" if generator is None else generator.device
+    seeds = torch.randint(0, 2**63 - 1, (n,), generator=generator, device=device).tolist()
+    return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
 
 
 def _as_output(pipe: Any, images: torch.Tensor, output_type: str) -> Any:

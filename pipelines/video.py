@@ -27,7 +27,7 @@ from PIL import Image
 
 from pipelines.outputs import TMP_MARK, atomic_write_bytes
 
-__all__ = ["FORMATS", "VIDEO_EXTRA_HINT", "gif_delay_ms", "to_uint8_frames", "write_video"]
+__all__ = ["FORMATS", "VIDEO_EXTRA_HINT", "gif_bytes", "gif_delay_ms", "to_uint8_frames", "write_video"]
 
 FORMATS = ("frames", "gif", "mp4")
 VIDEO_EXTRA_HINT = "pip install -e '.[video]'"
@@ -137,6 +137,14 @@ def _stem(out: str | os.PathLike[str]) -> Path:
     return path.with_suffix("") if path.suffix.lower() in (".gif", ".mp4") else path
 
 
+def gif_bytes(frames: Sequence[Image.Image], duration: int | Sequence[int], loop: int = 0) -> bytes:
+    """An animated GIF of PIL ``frames``, each shown ``duration`` ms (one value, or one per frame)."""
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=list(frames[1:]), duration=duration,
+                   loop=loop)  # fmt: skip
+    return buffer.getvalue()
+
+
 def write_video(
     frames: Any,
     out_dir_or_stem: str | os.PathLike[str],
@@ -193,16 +201,7 @@ def write_video(
             written["frames"] = stem
         elif fmt == "gif":
             path = stem.with_name(stem.name + ".gif")
-            buffer = io.BytesIO()
-            images[0].save(
-                buffer,
-                format="GIF",
-                save_all=True,
-                append_images=images[1:],
-                duration=gif_delay_ms(fps),
-                loop=0,
-            )
-            atomic_write_bytes(path, buffer.getvalue())
+            atomic_write_bytes(path, gif_bytes(images, gif_delay_ms(fps)))
             written["gif"] = path
         else:  # mp4
             path = stem.with_name(stem.name + ".mp4")

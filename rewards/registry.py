@@ -11,7 +11,7 @@ from typing import Any
 
 from .base import Reward
 
-__all__ = ["REWARD_NAMES", "canonical_reward_name", "load_reward", "reward_constructor"]
+__all__ = ["REWARD_ALIASES", "REWARD_NAMES", "canonical_reward_name", "load_reward", "reward_constructor"]
 
 #: name -> (module, attribute, one-line description)
 REWARD_NAMES: dict[str, tuple[str, str, str]] = {
@@ -32,13 +32,18 @@ REWARD_NAMES: dict[str, tuple[str, str, str]] = {
     "motion": ("rewards.video", "MotionMagnitude", "mean absolute pixel change between frames"),
 }
 
+#: other spellings -> registered name
+REWARD_ALIASES: dict[str, str] = {"digits-classifier": "digits"}
+
 
 def canonical_reward_name(name: str) -> str:
-    """The registered spelling of ``name`` (case-insensitive; '_' and '-' alike), or an importable
+    """The registered spelling of ``name`` (case-insensitive; '_' and '-' alike; an alias of
+    :data:`REWARD_ALIASES` gives its reward's name), or an importable
     ``module:attribute`` path as given; ValueError if neither."""
     if ":" in name:
         return name.strip()
     key = name.strip().lower().replace("_", "-")
+    key = REWARD_ALIASES.get(key, key)
     if key not in REWARD_NAMES:
         raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(sorted(REWARD_NAMES))}")
     return key

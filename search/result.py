@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .chain import Chain
+from .trace import record_scores
 
 __all__ = ["SearchResult", "score_samples"]
 
@@ -73,4 +74,5 @@ def score_samples(chain: Chain, reward, x0: torch.Tensor, prompts: Any = None) -
         raise ValueError(f"the reward returned NaN for {nan} of {scores.shape[0]} samples")
     if bool((scores == float("inf")).any()):
         raise ValueError("the reward returned +inf; rewards must be finite or -inf")
+    record_scores(chain.budget.nfe, scores)
     return scores

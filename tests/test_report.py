@@ -168,3 +168,98 @@ def test_large_images_are_embedded_as_thumbnails(tmp_path):
     (data,) = _embedded(write_report(run).read_text())
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "PNG" and image.size == (MAX_EMBED_SIDE, MAX_EMBED_SIDE // 2)
+
+
+POLYLINE = re.compile(
+    r'<polyline class="(curve|mean)" points="([^"]*)"[^>]*stroke="([^"]*)"[^>]*><title>([^<]*)<'
+)
+
+
+def _polylines(page: str) -> list[tuple[str, list[tuple[float, float]], str, str]]:
+    """(class, vertices, colour, tooltip) of every polyline of the page."""
+    return [
+        (kind, [tuple(map(float, xy.split(","))) for xy in points.split()], colour, html.unescape(title))
+        for kind, points, colour, title in POLYLINE.findall(page)
+    ]
+
+
+def _curve_record(p: int, s: int, curve, search: str = "smc", particles: int = 4, **extra) -> dict:
+    record = _record(p, s, str(p), search=search, particles=particles, reward_name="digits", **extra)
+    record.setdefault("reward", 0.0)
+    record.setdefault("nfe", 64)
+    return record | ({} if curve is None else {"curve": curve})
+
+
+def test_search_curves_draw_every_image_and_the_mean_per_configuration(tmp_path):
+    smc = {  # image seed -> curve: the mean starts at NFE 20, where the last of the three has started
+        0: [[10, 0.1], [30, 0.5], [50, 0.6]],
+        1: [[20, 0.2], [40, 0.4]],
+        2: [[15, 0.3]],
+    }
+    records = [_curve_record(0, s, curve) for s, curve in smc.items()]
+    records.append(_curve_record(1, 0, [[8, 0.05], [16, 0.7]], search="bon", particles=8))
+    page = write_report(_hand_run(tmp_path / "curves", records)).read_text()
+    assert "Search curves: best reward against NFE" in page and "best digits seen" in page
+    assert "Final reward against NFE" in page and len(POINT.findall(page)) == 4  # the scatter stays
+    drawn = _polylines(page)
+    curves = {title.split("seed ")[1].split(")")[0]: (v, c) for k, v, c, title in drawn if k == "curve"}
+    means = {title.split(":")[0]: (v, c) for k, v, c, title in drawn if k == "mean"}
+    assert sorted(curves) == ["0", "1", "1000", "2"] and sorted(means) == ["bon ×8", "smc ×4"]
+    assert curves["0"][1] == curves["2"][1] == means["smc ×4"][1] != means["bon ×8"][1]
+    # pixels back to data, from the first and last vertex of image 0's curve: (10, 0.1) and (50, 0.6)
+    (x0, y0), *_, (x1, y1) = curves["0"][0]
+
+    def data(vertices: list[tuple[float, float]]) -> list[float]:  # flat: x, y, x, y, ...
+        return [
+            c for x, y in vertices for c in (10 + (x - x0) / (x1 - x0) * 40, 0.1 + (y - y0) / (y1 - y0) * 0.5)
+        ]
+
+    # image 0 is a step line: 0.1 holds until NFE 30, then 0.5 until 50, then 0.6
+    expected = [(10, 0.1), (30, 0.1), (30, 0.5), (50, 0.5), (50, 0.6)]
+    assert data(curves["0"][0]) == pytest.approx([c for v in expected for c in v], abs=0.01)
+    # the mean from NFE 20: (0.1 + 0.2 + 0.3) / 3, at 30 (0.5 + 0.2 + 0.3) / 3, at 40 (0.5 + 0.4 + 0.3) / 3,
+    # at 50 (0.6 + 0.4 + 0.3) / 3, each curve keeping its last value after its last NFE
+    steps = [20, 0.2, 30, 0.2, 30, 1 / 3, 40, 1 / 3, 40, 0.4, 50, 0.4, 50, 1.3 / 3]  # x, y, x, y, ...
+    assert data(means["smc ×4"][0]) == pytest.approx(steps, abs=0.01)
+    # one image only: its mean is its own curve
+    assert means["bon ×8"][0] == curves["1000"][0]
+    assert "<script" not in page and not re.search(r'(src|href)="(?!data:)', page)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "0.5",
+        {"nfe": 10},
+        [],
+        [[10, 0.1, 3]],
+        [[10]],
+        [10, 0.1],
+        [[10, float("nan")]],
+        [[float("inf"), 0.2]],
+        [[True, 0.2]],
+        [[10, "0.2"]],
+        [[-1, 0.2]],
+        [[20, 0.1], [10, 0.2]],  # NFE going back
+        [[10, 0.1], [10, 0.2]],  # NFE repeated
+        [[10, 0.5], [20, 0.2]],  # best going down
+        None,  # no curve at all
+    ],
+)
+def test_malformed_or_missing_curves_are_left_out(tmp_path, bad):
+    good = [[10, 0.1], [20, 0.3]]
+    records = [_curve_record(0, 0, good, reward=0.3, nfe=20), _curve_record(0, 1, bad, reward=0.9, nfe=40)]
+    page = write_report(_hand_run(tmp_path / "run", records)).read_text()
+    drawn = _polylines(page)
+    assert [kind for kind, *_ in drawn] == ["curve", "mean"]
+    assert drawn[0][1] == drawn[1][1]  # the mean of the one valid curve is that curve
+    assert "seed 0)" in drawn[0][3] and "mean of 1 image from 10 NFE" in drawn[1][3]
+    assert len(POINT.findall(page)) == 2 and len(_embedded(page)) == 2
+
+
+def test_search_run_without_curves_shows_a_note_and_the_scatter(tmp_path):
+    records = [_curve_record(0, s, None, reward=0.1 * s, nfe=10 * (s + 1)) for s in range(3)]
+    records[1]["curve"] = [[5, "oops"]]
+    page = write_report(_hand_run(tmp_path / "run", records)).read_text()
+    assert "No anytime curves" in page and "<polyline" not in page
+    assert "Final reward against NFE" in page and len(POINT.findall(page)) == 3

@@ -162,6 +162,7 @@ def test_every_registered_name_resolves_to_a_reward_constructor():
     reward = load_reward("JPEG_Compressibility", quality=90)
     assert isinstance(reward, JPEGCompressibility) and reward.quality == 90
     assert load_reward("digits", target=3).target == 3
+    assert load_reward("digits-classifier", target=5).target == 5  # an alias
     with pytest.raises(ValueError, match="known rewards: aesthetic, classifier"):
         load_reward("no-such-reward")
     by_path = load_reward("rewards.compressibility:JPEGCompressibility", quality=80)

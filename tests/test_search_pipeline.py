@@ -54,10 +54,10 @@ def test_search_returns_the_pipelines_output_types_and_counts_nfe(sd):
         assert len(out.images) == len(out.scores) == len(out.nfe) == len(out.history) == 2
         assert out.nfe == [3 * STEPS, 3 * STEPS] and sum(rows) == 2 * sum(out.nfe)  # CFG: 2 rows each
         as_np = pipe("a cube", num_inference_steps=STEPS, generator=seeded(0), output_type="np").images
-        as_pt = pipe("a cube", num_inference_steps=STEPS, generator=seeded(0), output_type="pt").images
-    assert as_np.shape == (1, 32, 32, 3) and as_pt.shape == (1, 3, 32, 32)
-    np.testing.assert_allclose(as_np[0], as_pt[0].permute(1, 2, 0).numpy(), atol=1e-6)
-    assert float(Brightness()(as_pt)) == pytest.approx(out.scores[0], abs=1e-5)
+        as_pt = pipe("a cube", num_inference_steps=STEPS, generator=seeded(0), output_type="pt")
+    assert as_np.shape == (1, 32, 32, 3) and as_pt.images.shape == (1, 3, 32, 32)
+    np.testing.assert_allclose(as_np[0], as_pt.images[0].permute(1, 2, 0).numpy(), atol=1e-6)
+    assert float(Brightness()(as_pt.images)) == pytest.approx(as_pt.scores[0], abs=1e-5)
 
 
 def test_smc_with_8_particles_beats_best_of_1(sd):

@@ -22,6 +22,7 @@ video conditioning (the I2V / V2V pipelines).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -32,17 +33,42 @@ from samplers.solvers import SDEDPMSolverPP, Solver
 from search.budget import Budget
 from search.chain import SolverChain
 
-from .common import particle_dtype, pipeline_device_dtype, transformer_net, vae_decoder
+from .common import (
+    particle_dtype,
+    pipeline_device_dtype,
+    prompt_chains,
+    prompt_list,
+    transformer_net,
+    vae_decoder,
+)
 
-__all__ = ["cogvideox_chain"]
+__all__ = ["cogvideox_chain", "cogvideox_chains"]
 
 #: ``max_sequence_length`` default of ``CogVideoXPipeline.__call__``.
 _DEFAULT_MAX_SEQUENCE_LENGTH = 226
 
 
-def cogvideox_chain(
+def cogvideox_chain(pipe: Any, prompt: str, *, budget: Budget | None = None, **kwargs: Any) -> SolverChain:
+    """A search chain generating videos for one prompt with a ``CogVideoXPipeline``: the chain of
+    :func:`cogvideox_chains` for ``[prompt]`` (see there for the arguments), charging ``budget`` (a fresh one
+    by default)."""
+    _check_pipeline(pipe)
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be one string, got {type(prompt).__name__}")
+    chain = cogvideox_chains(pipe, [prompt], **kwargs)[0]
+    return chain if budget is None else chain.with_budget(budget)
+
+
+def _check_pipeline(pipe: Any) -> None:
+    from diffusers import CogVideoXPipeline
+
+    if not isinstance(pipe, CogVideoXPipeline):
+        raise TypeError(f"{type(pipe).__name__} is not a CogVideoXPipeline")
+
+
+def cogvideox_chains(
     pipe: Any,
-    prompt: str,
+    prompts: Sequence[str],
     *,
     negative_prompt: str | None = None,
     num_inference_steps: int = 50,
@@ -53,14 +79,15 @@ def cogvideox_chain(
     max_sequence_length: int | None = None,
     solver: Solver | None = None,
     max_batch: int | None = None,
-    budget: Budget | None = None,
     vae: Any = None,
-) -> SolverChain:
-    """A search chain generating videos for ``prompt`` with a ``CogVideoXPipeline``.
+) -> list[SolverChain]:
+    """Search chains generating videos with a ``CogVideoXPipeline``, one per prompt, sharing one transformer
+    call: searches on them run by :func:`search.lockstep.run_lockstep` make batched transformer calls on the
+    particles of every prompt.
 
     Args:
         pipe: a ``CogVideoXPipeline`` (subclasses included); nothing of it is changed.
-        prompt: the prompt (one; every particle shares its embeddings).
+        prompts: one prompt per chain (every particle of a chain shares its prompt's embeddings).
         negative_prompt: the unconditional branch of CFG (``""`` by default, as the pipeline).
         num_inference_steps: steps of the chain's grid (the scheduler config's spacing).
         guidance_scale: the CFG weight (CFG runs only when > 1, as the pipeline); constant over the steps
@@ -71,21 +98,18 @@ def cogvideox_chain(
             transformer's ``max_text_seq_length`` for models with learned/sincos positional embeddings).
         solver: default ``SDEDPMSolverPP(2)`` (stochastic steps, as particle methods need);
             ``DPMSolverPP(2)`` is the ODE that ``DPMSolverPPScheduler`` runs in the pipeline.
-        max_batch: at most this many particles per transformer call (CFG doubles the rows of a call).
-        budget: where the chain charges model calls (a fresh one by default).
+        max_batch: at most this many particles per transformer call (CFG doubles the rows of a call), also
+            when the calls of several chains are merged.
         vae: the VAE ``decode`` uses instead of ``pipe.vae`` (None: the pipeline's); it must decode the
             pipeline's latents (B, C, F', h, w) to frames.
 
     Returns:
-        a :class:`~search.chain.SolverChain` on (F', C, H/8, W/8) latents (float32 particles where the
-        transformer runs in half precision) whose ``decode`` gives frames (B, F, 3, H, W) in [0, 1].
+        one :class:`~search.chain.SolverChain` per prompt (each charging its own budget) on (F', C, H/8,
+        W/8) latents (float32 particles where the transformer runs in half precision) whose ``decode``
+        gives frames (B, F, 3, H, W) in [0, 1].
     """
-    from diffusers import CogVideoXPipeline
-
-    if not isinstance(pipe, CogVideoXPipeline):
-        raise TypeError(f"{type(pipe).__name__} is not a CogVideoXPipeline")
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be one string, got {type(prompt).__name__}")
+    _check_pipeline(pipe)
+    prompts = prompt_list(prompts)
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
     transformer = pipe.transformer
@@ -106,16 +130,19 @@ def cogvideox_chain(
     shape = (latent_frames + additional, tconfig.in_channels, height // spatial, width // spatial)
 
     cfg = guidance_scale > 1
+    encodings = []
     with torch.no_grad():
-        embeds, neg_embeds = pipe.encode_prompt(
-            prompt,
-            negative_prompt,
-            do_classifier_free_guidance=cfg,
-            max_sequence_length=max_sequence_length,
-            device=device,
-        )
-    cond = {"encoder_hidden_states": embeds}
-    uncond = {"encoder_hidden_states": neg_embeds} if cfg else None
+        for prompt in prompts:
+            embeds, neg_embeds = pipe.encode_prompt(
+                prompt,
+                negative_prompt,
+                do_classifier_free_guidance=cfg,
+                max_sequence_length=max_sequence_length,
+                device=device,
+            )
+            encodings.append(
+                ({"encoder_hidden_states": embeds}, {"encoder_hidden_states": neg_embeds} if cfg else None)
+            )
     rotary = None
     if tconfig.use_rotary_positional_embeddings:
         rotary = pipe._prepare_rotary_positional_embeddings(height, width, shape[0], device)
@@ -125,28 +152,24 @@ def cogvideox_chain(
 
     facade = DPMSolverPPScheduler.from_config(pipe.scheduler.config)
     facade.set_timesteps(num_inference_steps)
-    denoiser = Denoiser(
-        net,
-        facade.prediction,
-        guidance_scale=float(guidance_scale) if cfg else None,
-        uncond=uncond,
-        threshold=x0_limit_from_config(facade.config),
-    )
-    decode_video = vae_decoder(pipe.vae if vae is None else vae)
+    decode_video = vae_decoder(pipe.vae if vae is None else vae, max_batch)
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
         """(B, F', C, h, w) latents -> (B, F, 3, H, W) frames in [0, 1], as ``decode_latents`` + "pt"."""
         return decode_video(latents[:, additional:].permute(0, 2, 1, 3, 4))
 
-    return SolverChain(
-        denoiser,
-        facade.grid,
-        solver if solver is not None else SDEDPMSolverPP(2),
-        shape,
-        cond=cond,
-        decode=decode,
-        budget=budget,
-        dtype=particle_dtype(net_dtype),
-        device=device,
+    solver = solver if solver is not None else SDEDPMSolverPP(2)
+
+    def make_chain(denoiser: Denoiser, cond: dict[str, torch.Tensor]) -> SolverChain:
+        return SolverChain(denoiser, facade.grid, solver, shape, cond=cond, decode=decode,
+                           dtype=particle_dtype(net_dtype), device=device, max_batch=max_batch)  # fmt: skip
+
+    return prompt_chains(
+        net,
+        encodings,
+        make_chain,
+        prediction_type=facade.prediction,
+        guidance_scale=float(guidance_scale) if cfg else None,
         max_batch=max_batch,
+        threshold=x0_limit_from_config(facade.config),
     )

@@ -4,12 +4,25 @@ device and dtype, and the rule for when a network call builds an autograd graph.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["graph_if_needed", "particle_dtype", "pipeline_device_dtype", "transformer_net", "vae_decoder"]
+from samplers.denoiser import Denoiser
+from search.chain import SolverChain
+from search.lockstep import RowwiseFunction
+
+__all__ = [
+    "graph_if_needed",
+    "prompt_chains",
+    "prompt_list",
+    "rows_per_call",
+    "particle_dtype",
+    "pipeline_device_dtype",
+    "transformer_net",
+    "vae_decoder",
+]
 
 
 def pipeline_device_dtype(pipe: Any) -> tuple[torch.device, torch.dtype]:
@@ -18,6 +31,49 @@ def pipeline_device_dtype(pipe: Any) -> tuple[torch.device, torch.dtype]:
     if net is None:
         raise ValueError(f"{type(pipe).__name__} has neither a unet nor a transformer")
     return pipe._execution_device, net.dtype
+
+
+def prompt_list(prompts: Any) -> list[str]:
+    """The prompts of a plural adapter as a non-empty list of strings (a ``TypeError`` for one string, which
+    would otherwise be read as a list of characters)."""
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"prompts must be a sequence of strings, got {prompts!r}")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts")
+    return prompts
+
+
+def prompt_chains(
+    net: Callable[..., torch.Tensor],
+    encodings: Sequence[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]],
+    make_chain: Callable[[Denoiser, dict[str, torch.Tensor]], SolverChain],
+    *,
+    prediction_type: str,
+    guidance_scale: float | None,
+    max_batch: int | None,
+    **denoiser_kwargs: Any,
+) -> list[SolverChain]:
+    """One chain per prompt encoding ``(cond, uncond)``: ``make_chain(denoiser, cond)`` with a
+    :class:`~samplers.denoiser.Denoiser` of the prompt's CFG inputs around ONE shared
+    :class:`search.lockstep.RowwiseFunction` of ``net`` (so that searches on the chains, run side by side,
+    merge their network calls into calls of at most ``max_batch`` particles)."""
+    shared = RowwiseFunction(net, rows_per_call(max_batch, guidance_scale is not None))
+    return [
+        make_chain(
+            Denoiser(
+                shared, prediction_type, guidance_scale=guidance_scale, uncond=uncond, **denoiser_kwargs
+            ),
+            cond,
+        )
+        for cond, uncond in encodings
+    ]
+
+
+def rows_per_call(max_batch: int | None, guided: bool) -> int | None:
+    """The network rows of ``max_batch`` particles (twice as many under classifier-free guidance): the bound
+    on one merged network call (:class:`search.lockstep.RowwiseFunction`)."""
+    return None if max_batch is None else max_batch * (2 if guided else 1)
 
 
 def particle_dtype(net_dtype: torch.dtype) -> torch.dtype:
@@ -58,14 +114,18 @@ def graph_if_needed(*inputs: torch.Tensor | None) -> contextlib.AbstractContextM
     return torch.set_grad_enabled(torch.is_grad_enabled() and wanted)
 
 
-def vae_decoder(vae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+def vae_decoder(vae: Any, max_rows: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """latents -> images in [0, 1], (B, C, H, W), as the pipelines decode them: ``latents * std / scaling +
     mean`` where the VAE config has ``latents_mean``/``latents_std`` (else ``latents / scaling + shift``, the
     shift only where the config has ``shift_factor``, as SD3 and Flux do), then (x + 1) / 2. A float16 VAE
     whose config asks for ``force_upcast`` (SDXL's) decodes in float32, as the SDXL pipeline does. Video
     latents (B, C, F, h, w) decode to frames (B, F, C, H, W), the layout video rewards take (Wan's VAE has
     latent statistics and no scaling factor: z = latents * std + mean). A graph is built only when the
-    latents require grad (:func:`graph_if_needed`)."""
+    latents require grad (:func:`graph_if_needed`).
+
+    The decoder is a :class:`search.lockstep.RowwiseFunction`: searches run side by side decode their
+    particles in shared VAE calls of at most ``max_rows`` latents, one at a time (some VAEs, e.g. Wan's,
+    keep a per-call feature cache on the module and must not decode in two threads at once)."""
     config = vae.config
     scaling = float(getattr(config, "scaling_factor", None) or 1.0)  # video VAEs (Wan) have none
     shift = getattr(config, "shift_factor", None)
@@ -88,7 +148,7 @@ def vae_decoder(vae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
             images = images.transpose(1, 2)
         return ((images.float() + 1) / 2).clamp(0, 1)
 
-    return decode
+    return RowwiseFunction(decode, max_rows)
 
 
 def _decode_in(vae: Any, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -37,7 +37,7 @@ NFE is charged per particle evaluation by the chain; with CFG one evaluation is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -49,9 +49,16 @@ from search.budget import Budget
 from search.chain import SolverChain
 from search.flow_chain import INTERPOLANTS, flow_sde_chain
 
-from .common import particle_dtype, pipeline_device_dtype, transformer_net, vae_decoder
+from .common import (
+    particle_dtype,
+    pipeline_device_dtype,
+    prompt_chains,
+    prompt_list,
+    transformer_net,
+    vae_decoder,
+)
 
-__all__ = ["flow_pipeline_chain", "pipeline_kind"]
+__all__ = ["flow_pipeline_chain", "flow_pipeline_chains", "pipeline_kind"]
 
 #: ``guidance_scale`` defaults of the pipelines' ``__call__``.
 _DEFAULT_GUIDANCE = {"sd3": 7.0, "flux": 3.5, "wan": 5.0}
@@ -87,9 +94,9 @@ def _calculate_shift(image_seq_len: int, config: Any, max_shift_default: float) 
     return image_seq_len * m + b
 
 
-def flow_pipeline_chain(
+def flow_pipeline_chains(
     pipe: Any,
-    prompt: str,
+    prompts: Sequence[str],
     *,
     negative_prompt: str | None = None,
     num_inference_steps: int = 28,
@@ -104,15 +111,16 @@ def flow_pipeline_chain(
     solver: Solver | None = None,
     eta: float = 1.0,
     max_batch: int | None = None,
-    budget: Budget | None = None,
     vae: Any = None,
-) -> SolverChain:
-    """A search chain generating images for ``prompt`` with an SD3 or Flux pipeline.
+) -> list[SolverChain]:
+    """Search chains generating images (Wan: videos) with an SD3, Flux or Wan pipeline, one per prompt,
+    sharing one transformer call: searches on them run by :func:`search.lockstep.run_lockstep` make batched
+    transformer calls on the particles of every prompt.
 
     Args:
         pipe: a ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (any device and dtype; the particles are
             kept in float32 where the transformer runs in half precision, and cast at its boundary).
-        prompt: the prompt (one; every particle shares its embeddings).
+        prompts: one prompt per chain (every particle of a chain shares its prompt's embeddings).
         negative_prompt: SD3: the unconditional branch of CFG (``""`` by default, as the pipeline). Flux:
             the negative prompt of true CFG (only used with ``true_cfg_scale > 1``, as the pipeline).
         num_inference_steps: steps of the chain's grid.
@@ -129,22 +137,22 @@ def flow_pipeline_chain(
         interpolant: the stochastic chain's interpolant: ``"vp"`` (default) or ``"linear"``.
         solver: ODE: default ``DPMSolverPP(2)``; SDE: default ``SDEDPMSolverPP(2, eta=eta)``.
         eta: the SDE's stochasticity when ``solver`` is not given (1: the reverse SDE).
-        max_batch: at most this many particles per transformer call (CFG doubles the rows of a call).
-        budget: where the chain charges model calls (a fresh one by default).
+        max_batch: at most this many particles per transformer call (CFG doubles the rows of a call), also
+            when the calls of several chains are merged.
         vae: the VAE ``decode`` uses instead of ``pipe.vae`` (None: the pipeline's), e.g. a cheap
             ``AutoencoderTiny`` (TAESD / TAEF1) for look-ahead rewards; it must decode the pipeline's
             (unpacked) latents.
 
     Returns:
-        a :class:`~search.chain.SolverChain` whose ``decode`` gives (B, 3, height, width) images in [0, 1].
+        one :class:`~search.chain.SolverChain` per prompt (each charging its own budget) whose ``decode``
+        gives (B, 3, height, width) images in [0, 1] (Wan: frames (B, F, 3, H, W)).
     """
     kind = pipeline_kind(pipe)
+    prompts = prompt_list(prompts)
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
     if stochastic and interpolant not in INTERPOLANTS:
         raise ValueError(f"interpolant must be one of {INTERPOLANTS}, got {interpolant!r}")
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be one string, got {type(prompt).__name__}")
     device, net_dtype = pipeline_device_dtype(pipe)
     guidance_scale = _DEFAULT_GUIDANCE[kind] if guidance_scale is None else float(guidance_scale)
     max_sequence_length = max_sequence_length or _DEFAULT_MAX_SEQUENCE_LENGTH[kind]
@@ -155,7 +163,10 @@ def flow_pipeline_chain(
         width = width or pipe.default_sample_size * pipe.vae_scale_factor
     transformer = pipe.transformer
     config = pipe.scheduler.config
-    decode_latents = vae_decoder(pipe.vae if vae is None else vae)
+    decode_latents = vae_decoder(pipe.vae if vae is None else vae, max_batch)
+    mu = None
+    time_fn: Callable[[torch.Tensor], torch.Tensor] | None = lambda t: 1000 * t  # noqa: E731
+    decode: Callable[[torch.Tensor], torch.Tensor] = decode_latents
 
     if kind == "wan":
         if getattr(pipe, "transformer_2", None) is not None:
@@ -164,9 +175,9 @@ def flow_pipeline_chain(
         spatial, temporal = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
         shape = (transformer.config.in_channels, (frames - 1) // temporal + 1, height // spatial,
                  width // spatial)  # fmt: skip
-        mu = None
         cfg = guidance_scale > 1
-        with torch.no_grad():
+
+        def encode(prompt: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
             embeds, neg_embeds = pipe.encode_prompt(
                 prompt=prompt,
                 negative_prompt=negative_prompt,
@@ -174,22 +185,19 @@ def flow_pipeline_chain(
                 max_sequence_length=max_sequence_length,
                 device=device,
             )
-        cond = {"encoder_hidden_states": embeds}
-        uncond = {"encoder_hidden_states": neg_embeds} if cfg else None
+            return {"encoder_hidden_states": embeds}, ({"encoder_hidden_states": neg_embeds} if cfg else None)
 
         net = transformer_net(transformer, net_dtype)
-        denoiser = Denoiser(net, "flow", guidance_scale=guidance_scale if cfg else None, uncond=uncond,
-                            time_fn=lambda t: 1000 * t)  # fmt: skip
-        decode: Callable[[torch.Tensor], torch.Tensor] = decode_latents
+        guidance = guidance_scale if cfg else None
     elif kind == "sd3":
         factor = pipe.vae_scale_factor
         shape = (transformer.config.in_channels, int(height) // factor, int(width) // factor)
-        mu = None
         if config.get("use_dynamic_shifting", None):
             patch = transformer.config.patch_size
             mu = _calculate_shift((shape[1] // patch) * (shape[2] // patch), config, 1.16)
         cfg = guidance_scale > 1
-        with torch.no_grad():
+
+        def encode(prompt: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
             embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
                 prompt=prompt,
                 prompt_2=None,
@@ -199,83 +207,84 @@ def flow_pipeline_chain(
                 device=device,
                 max_sequence_length=max_sequence_length,
             )
-        cond = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
-        uncond = {"encoder_hidden_states": neg_embeds, "pooled_projections": neg_pooled} if cfg else None
+            cond = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+            return cond, (
+                {"encoder_hidden_states": neg_embeds, "pooled_projections": neg_pooled} if cfg else None
+            )
 
         net = transformer_net(transformer, net_dtype)
-
-        denoiser = Denoiser(
-            net,
-            "flow",
-            guidance_scale=guidance_scale if cfg else None,
-            uncond=uncond,
-            time_fn=lambda t: 1000 * t,
-        )
-        decode = decode_latents
+        guidance = guidance_scale if cfg else None
     else:
         factor = pipe.vae_scale_factor
         lat_h, lat_w = 2 * (int(height) // (factor * 2)), 2 * (int(width) // (factor * 2))
         channels = transformer.config.in_channels // 4
         shape = ((lat_h // 2) * (lat_w // 2), channels * 4)
         mu = _calculate_shift(shape[0], config, 1.15)
-        true_cfg = true_cfg_scale > 1 and negative_prompt is not None
-        with torch.no_grad():
-            embeds, pooled, text_ids = pipe.encode_prompt(
-                prompt=prompt, prompt_2=None, device=device, max_sequence_length=max_sequence_length
+        cfg = true_cfg_scale > 1 and negative_prompt is not None
+        text_ids: list[torch.Tensor] = []  # Flux's text position ids: the same for every prompt
+
+        def flux_inputs(text: str) -> dict[str, torch.Tensor]:
+            embeds, pooled, ids = pipe.encode_prompt(
+                prompt=text, prompt_2=None, device=device, max_sequence_length=max_sequence_length
             )
-            if true_cfg:
-                neg_embeds, neg_pooled, neg_text_ids = pipe.encode_prompt(
-                    prompt=negative_prompt,
-                    prompt_2=None,
-                    device=device,
-                    max_sequence_length=max_sequence_length,
-                )
-                if neg_text_ids.shape != text_ids.shape:
-                    raise ValueError("prompt and negative prompt encodings differ in length")
-        img_ids = pipe._prepare_latent_image_ids(1, lat_h // 2, lat_w // 2, device, embeds.dtype)
-        cond = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
-        if transformer.config.guidance_embeds:
-            cond["guidance"] = torch.full([1], guidance_scale, device=device, dtype=torch.float32)
-        uncond = None
-        if true_cfg:
-            uncond = {"encoder_hidden_states": neg_embeds, "pooled_projections": neg_pooled}
-            if "guidance" in cond:
-                uncond["guidance"] = cond["guidance"]
+            if text_ids and not torch.equal(ids, text_ids[0]):
+                raise ValueError("the prompts' text position ids differ (encodings of different lengths)")
+            text_ids.append(ids)
+            inputs = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+            if transformer.config.guidance_embeds:
+                inputs["guidance"] = torch.full([1], guidance_scale, device=device, dtype=torch.float32)
+            return inputs
 
-        net = transformer_net(
-            transformer, net_dtype, timestep_dtype=net_dtype, txt_ids=text_ids, img_ids=img_ids
-        )
+        def encode(prompt: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+            return flux_inputs(prompt), (flux_inputs(negative_prompt) if cfg else None)
 
-        denoiser = Denoiser(net, "flow", guidance_scale=true_cfg_scale if true_cfg else None, uncond=uncond)
+        net = None  # built once the text ids are known
+        guidance = true_cfg_scale if cfg else None
+        time_fn = None
 
         def decode(x0: torch.Tensor) -> torch.Tensor:
             return decode_latents(pipe._unpack_latents(x0, height, width, factor))
+
+    with torch.no_grad():
+        encodings = [encode(p) for p in prompts]
+    if net is None:  # Flux: constant position ids of the image and text tokens
+        img_ids = pipe._prepare_latent_image_ids(1, lat_h // 2, lat_w // 2, device, text_ids[0].dtype)
+        net = transformer_net(
+            transformer, net_dtype, timestep_dtype=net_dtype, txt_ids=text_ids[0], img_ids=img_ids
+        )
 
     # the pipeline's grid, through the scheduler façade (the pipeline with this scheduler runs the same one)
     facade = DPMSolverPPScheduler.from_config(config)
     facade.set_timesteps(num_inference_steps, mu=mu)
     schedule = facade.schedule_for(mu)
-    chain_kwargs: dict[str, Any] = dict(
-        cond=cond,
-        decode=decode,
-        budget=budget,
-        dtype=particle_dtype(net_dtype),
-        device=device,
-        max_batch=max_batch,
-    )
     if not stochastic:
         solver = solver if solver is not None else DPMSolverPP(2)
         if solver.is_stochastic:
             raise ValueError(f"stochastic=False needs a deterministic solver, got {solver.name} (eta > 0)")
-        return SolverChain(denoiser, facade.grid, solver, shape, **chain_kwargs)
-    return flow_sde_chain(
-        denoiser,
-        shape,
-        num_inference_steps,
-        interpolant=interpolant,
-        source=schedule,
-        solver=solver,
-        eta=eta,
-        grid_kind="uniform_t",
-        **chain_kwargs,
-    )
+
+    def make_chain(denoiser: Denoiser, cond: dict[str, torch.Tensor]) -> SolverChain:
+        chain_kwargs: dict[str, Any] = dict(
+            cond=cond, decode=decode, dtype=particle_dtype(net_dtype), device=device, max_batch=max_batch
+        )
+        if not stochastic:
+            return SolverChain(denoiser, facade.grid, solver, shape, **chain_kwargs)
+        return flow_sde_chain(denoiser, shape, num_inference_steps, interpolant=interpolant, source=schedule,
+                              solver=solver, eta=eta, grid_kind="uniform_t", **chain_kwargs)  # fmt: skip
+
+    return prompt_chains(
+        net, encodings, make_chain, prediction_type="flow", guidance_scale=guidance, max_batch=max_batch,
+        time_fn=time_fn,
+    )  # fmt: skip
+
+
+def flow_pipeline_chain(
+    pipe: Any, prompt: str, *, budget: Budget | None = None, **kwargs: Any
+) -> SolverChain:
+    """A search chain generating images (Wan: videos) for one prompt with an SD3, Flux or Wan pipeline: the
+    chain of :func:`flow_pipeline_chains` for ``[prompt]`` (see there for the arguments), charging
+    ``budget`` (a fresh one by default)."""
+    pipeline_kind(pipe)
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be one string, got {type(prompt).__name__}")
+    chain = flow_pipeline_chains(pipe, [prompt], **kwargs)[0]
+    return chain if budget is None else chain.with_budget(budget)

@@ -23,6 +23,7 @@ images, ``cross_attention_kwargs`` (LoRA scales), ``denoising_end``, several pro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,9 +34,9 @@ from samplers.solvers import SDEDPMSolverPP, Solver
 from search.budget import Budget
 from search.chain import SolverChain
 
-from .common import graph_if_needed, pipeline_device_dtype, vae_decoder
+from .common import graph_if_needed, pipeline_device_dtype, prompt_chains, prompt_list, vae_decoder
 
-__all__ = ["is_sdxl", "stable_diffusion_chain"]
+__all__ = ["is_sdxl", "stable_diffusion_chain", "stable_diffusion_chains"]
 
 
 def is_sdxl(pipe: Any) -> bool:
@@ -90,8 +91,20 @@ def _encode(
 
 
 def stable_diffusion_chain(
+    pipe: Any, prompt: str, *, budget: Budget | None = None, **kwargs: Any
+) -> SolverChain:
+    """A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` and one prompt as a search chain: the
+    chain of :func:`stable_diffusion_chains` for ``[prompt]`` (see there for the arguments), charging
+    ``budget`` (a fresh one by default)."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be one string, got {type(prompt).__name__}")
+    chain = stable_diffusion_chains(pipe, [prompt], **kwargs)[0]
+    return chain if budget is None else chain.with_budget(budget)
+
+
+def stable_diffusion_chains(
     pipe: Any,
-    prompt: str,
+    prompts: Sequence[str],
     *,
     negative_prompt: str | None = None,
     num_inference_steps: int = 20,
@@ -101,16 +114,17 @@ def stable_diffusion_chain(
     solver: Solver | None = None,
     scheduler_cls: type = DPMSolverPPScheduler,
     max_batch: int | None = None,
-    budget: Budget | None = None,
     vae: Any = None,
-) -> SolverChain:
-    """A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` and one prompt as a search chain.
+) -> list[SolverChain]:
+    """A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` and prompts as search chains, one per
+    prompt, sharing one UNet call: searches on them run by :func:`search.lockstep.run_lockstep` make
+    batched UNet calls on the particles of every prompt.
 
     Args:
         pipe: the pipeline (its UNet, text encoders, VAE and scheduler config are used; nothing is changed).
-        prompt: the one prompt of every particle; negative_prompt: the unconditional branch's prompt (the
-            pipeline's default when None: the empty prompt, or zeros with SDXL's
-            ``force_zeros_for_empty_prompt``).
+        prompts: one prompt per chain (every particle of a chain has its prompt); negative_prompt: the
+            unconditional branch's prompt (the pipeline's default when None: the empty prompt, or zeros with
+            SDXL's ``force_zeros_for_empty_prompt``).
         num_inference_steps: passed to the façade's ``set_timesteps``: the grid has this many steps for
             multistep schedulers (each step of a singlestep ``solver`` costs its order in NFE).
         guidance_scale: classifier-free guidance weight w; no guidance (one UNet row per particle) when
@@ -120,22 +134,21 @@ def stable_diffusion_chain(
         solver: any :mod:`samplers.solvers` solver; default ``SDEDPMSolverPP(2)`` (stochastic steps, as
             particle methods need; ``DPMSolverPP(2)`` is the ODE that ``DPMSolverPPScheduler`` runs).
         scheduler_cls: the :mod:`samplers.schedulers` façade whose grid the chain runs.
-        max_batch: at most this many particles per UNet call (2 * max_batch rows with guidance).
-        budget: where NFE are charged (a fresh one by default); one NFE per particle evaluation, the
-            doubled guidance batch included.
+        max_batch: at most this many particles per UNet call (2 * max_batch rows with guidance), also
+            when the calls of several chains are merged. Each chain charges its own budget one NFE per
+            particle evaluation, the doubled guidance batch included.
         vae: the VAE ``decode`` uses instead of ``pipe.vae`` (None: the pipeline's), e.g. a cheap
             ``AutoencoderTiny`` (TAESD) for look-ahead rewards; it must decode the pipeline's latents.
 
     Returns:
-        a :class:`~search.chain.SolverChain` on the pipeline's execution device with float32 latents (the
-        UNet runs in its own dtype); ``decode`` gives [0, 1] images (B, 3, height, width).
+        one :class:`~search.chain.SolverChain` per prompt on the pipeline's execution device with float32
+        latents (the UNet runs in its own dtype); ``decode`` gives [0, 1] images (B, 3, height, width).
 
     The UNet and the VAE build an autograd graph only when a latent or conditioning input requires grad
     (gradient methods through the chain); otherwise they run without one, whatever
     ``torch.is_grad_enabled()`` (the pipeline's parameters requiring grad do not count).
     """
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be one string, got {type(prompt).__name__}")
+    prompts = prompt_list(prompts)
     unet = pipe.unet
     device, net_dtype = pipeline_device_dtype(pipe)
     default_h, default_w = _default_size(pipe)
@@ -146,11 +159,12 @@ def stable_diffusion_chain(
 
     embedded_guidance = unet.config.time_cond_proj_dim is not None
     guided = guidance_scale > 1 and not embedded_guidance
-    cond, uncond = _encode(pipe, prompt, negative_prompt, guided, (height, width), device)
+    encodings = [_encode(pipe, p, negative_prompt, guided, (height, width), device) for p in prompts]
     if embedded_guidance:  # guidance-distilled UNets (LCM): w enters as an embedding, no CFG
         w = torch.tensor([guidance_scale - 1.0])
         embedding = pipe.get_guidance_scale_embedding(w, embedding_dim=unet.config.time_cond_proj_dim)
-        cond["timestep_cond"] = embedding.to(device=device, dtype=torch.float32)
+        for cond, _ in encodings:
+            cond["timestep_cond"] = embedding.to(device=device, dtype=torch.float32)
 
     scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(num_inference_steps)
@@ -180,25 +194,20 @@ def stable_diffusion_chain(
                 return_dict=False,
             )[0]
 
-    denoiser = Denoiser(
-        net,
-        scheduler.prediction,
-        guidance_scale=float(guidance_scale) if guided else None,
-        uncond=uncond,
-        threshold=x0_limit_from_config(scheduler.config),
-    )
-    decode = vae_decoder(pipe.vae if vae is None else vae)
-
+    decode = vae_decoder(pipe.vae if vae is None else vae, max_batch)
     shape = (unet.config.in_channels, height // factor, width // factor)
-    return SolverChain(
-        denoiser,
-        grid,
-        solver if solver is not None else SDEDPMSolverPP(2),
-        shape,
-        cond=cond,
-        decode=decode,
-        budget=budget,
-        dtype=torch.float32,
-        device=device,
+    solver = solver if solver is not None else SDEDPMSolverPP(2)
+
+    def make_chain(denoiser: Denoiser, cond: dict[str, torch.Tensor]) -> SolverChain:
+        return SolverChain(denoiser, grid, solver, shape, cond=cond, decode=decode, dtype=torch.float32,
+                           device=device, max_batch=max_batch)  # fmt: skip
+
+    return prompt_chains(
+        net,
+        encodings,
+        make_chain,
+        prediction_type=scheduler.prediction,
+        guidance_scale=float(guidance_scale) if guided else None,
         max_batch=max_batch,
+        threshold=x0_limit_from_config(scheduler.config),
     )

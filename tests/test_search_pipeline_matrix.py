@@ -1,0 +1,98 @@
+"""SearchPipeline on tiny random SD, SDXL, SD3, Flux (true CFG), Wan and CogVideoX pipelines with every
+search method: two prompts searched side by side in one call, the pipeline's output type and shape, NFE equal
+to an independent count of UNet/transformer rows, and the particles of both prompts sharing network calls;
+the same images whether the prompts are searched side by side or one after another."""
+
+import numpy as np
+import pytest
+import torch
+from counting import Brightness, VideoBrightness
+from threads import one_thread
+from tiny_pipelines import CALL_KWARGS, EXPECTED_SHAPES, PIPELINES
+
+from pipelines.search_pipeline import SearchPipeline
+from search.registry import SEARCH_METHODS
+
+STEPS = 3
+PARTICLES = 2
+PROMPTS = ["a cube", "a red ball"]
+#: network rows per particle evaluation in CALL_KWARGS (all use classifier-free guidance)
+CFG_ROWS = 2
+
+
+@pytest.fixture(scope="module", params=list(PIPELINES))
+def case(request):
+    name = request.param
+    pipe = PIPELINES[name]()
+    kwargs = {k: v for k, v in CALL_KWARGS[name].items() if k != "prompt"}
+    return name, pipe, kwargs
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+class NetworkCalls:
+    """Rows and calls of the pipeline's UNet / transformer, counted by a forward pre-hook."""
+
+    def __init__(self, pipe):
+        self.module = getattr(pipe, "unet", None) or pipe.transformer
+        self.rows, self.calls = 0, 0
+
+    def hook(self, module, args, kwargs):
+        x = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        self.rows += x.shape[0]
+        self.calls += 1
+
+    def __enter__(self):
+        self.handle = self.module.register_forward_pre_hook(self.hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def reward_for(name):
+    return VideoBrightness() if name in ("wan", "cogvideox") else Brightness()
+
+
+@pytest.mark.parametrize("method", list(SEARCH_METHODS))
+def test_every_method_on_every_pipeline(case, method):
+    name, pipe, kwargs = case
+    searcher = SearchPipeline.from_pipeline(pipe, search=method, reward=reward_for(name), particles=PARTICLES)
+    generators = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
+    with NetworkCalls(pipe) as counted:
+        out = searcher(PROMPTS, num_inference_steps=STEPS, generator=generators, **kwargs)
+    expected = (len(PROMPTS), *EXPECTED_SHAPES[name][1:])
+    images = out.frames if name in ("wan", "cogvideox") else out.images
+    assert isinstance(images, np.ndarray) and images.shape == expected and images.dtype == np.float32
+    assert len(out.scores) == len(out.nfe) == len(out.history) == len(out.curves) == len(PROMPTS)
+    assert counted.rows == CFG_ROWS * sum(out.nfe)  # the chains' NFE against the network's own count
+    assert all(nfe >= STEPS for nfe in out.nfe)
+    for curve, nfe in zip(out.curves, out.nfe, strict=True):
+        assert curve and curve[-1][0] <= nfe
+        assert all(a[0] < b[0] and a[1] <= b[1] for a, b in zip(curve, curve[1:]))
+
+
+@pytest.mark.parametrize("method", ["smc", "bon"])
+def test_side_by_side_equals_one_after_another(case, method):
+    """The same images, scores and NFE as searching the prompts one at a time, in fewer network calls."""
+    name, pipe, kwargs = case
+    kwargs = dict(kwargs, output_type="pt")
+    runs = {}
+    for batched in (True, False):
+        searcher = SearchPipeline.from_pipeline(
+            pipe, search=method, reward=reward_for(name), particles=PARTICLES, batch_prompts=batched
+        )
+        with NetworkCalls(pipe) as counted:
+            runs[batched] = searcher(
+                PROMPTS, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(3), **kwargs
+            )
+        runs[batched].calls = counted.calls
+    side, alone = runs[True], runs[False]
+    torch.testing.assert_close(side.images, alone.images, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(side.scores, alone.scores, atol=1e-5)
+    assert side.nfe == alone.nfe
+    assert side.calls * 2 == alone.calls  # every call of the side-by-side run served both prompts
