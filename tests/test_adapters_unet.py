@@ -8,7 +8,7 @@ import pytest
 import torch
 from counting import Brightness
 from threads import one_thread
-from tiny_pipelines import CALL_KWARGS, tiny_sd, tiny_sdxl
+from tiny_pipelines import CALL_KWARGS, tiny_animatediff, tiny_sd, tiny_sdxl
 
 import search
 from pipelines.adapters.unet import stable_diffusion_chain
@@ -176,3 +176,30 @@ def test_a_guidance_embedded_unet_gets_its_embedding_and_no_cfg(pipes, monkeypat
     assert float((images - expected).abs().max()) <= 1e-5
     other = _chain(pipe, "sd", solver=DPMSolverPP(2), guidance_scale=2.0)  # w reaches the UNet
     assert float((other.decode(advance(other, other.start(z)).x) - expected).abs().max()) > 1e-3
+
+
+def test_animatediff_chain_reproduces_the_pipeline_and_decodes_frames(monkeypatch):
+    """AnimateDiff: video latents (C, F, h, w), the prompt repeated per frame inside the UNet call, frames
+    decoded one by one -- the chain's ODE is ``pipe(...)`` with the same scheduler, from the same latents."""
+    pipe = tiny_animatediff()
+    name = "animatediff"
+    monkeypatch.setattr(pipe, "scheduler", DPMSolverPPScheduler.from_config(pipe.scheduler.config))
+    call = {**CALL_KWARGS[name], "output_type": "pt"}
+    frames = call["num_frames"]
+    options = dict(guidance_scale=call["guidance_scale"], num_frames=frames, solver=DPMSolverPP(2))
+    chain = stable_diffusion_chain(pipe, call["prompt"], num_inference_steps=STEPS,
+                                   negative_prompt=call["negative_prompt"], **options)  # fmt: skip
+    assert chain.shape == (4, frames, 16, 16)
+    z = torch.randn(2, *chain.shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # one video per call (the pipeline's own num_videos_per_prompt > 1 fails)
+        expected = torch.cat(
+            [pipe(**call, num_inference_steps=STEPS, latents=z[i : i + 1]).frames for i in (0, 1)]
+        )
+    got = chain.decode(advance(chain, chain.start(z)).x)
+    assert got.shape == expected.shape == (2, frames, 3, 32, 32)
+    assert float((got - expected).abs().max()) <= 1e-5
+    assert chain.budget.nfe == 2 * STEPS
+    other = stable_diffusion_chain(pipe, "a dog", num_inference_steps=STEPS, **options)
+    assert float((other.decode(advance(other, other.start(z)).x) - expected).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="num_frames is only for AnimateDiff"):
+        stable_diffusion_chain(tiny_sd(), "a cat", num_frames=4)

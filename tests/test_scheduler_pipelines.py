@@ -47,9 +47,10 @@ PARITY_RTOL = 1e-5
 NEAR_MISS_MIN = 10 * PARITY_RTOL
 #: Model calls per denoising step: Flux (true CFG) and Wan run the conditional and unconditional passes as
 #: two separate forward calls; SD, SDXL and SD3 batch them into one.
-CALLS_PER_STEP = {"sd": 1, "sdxl": 1, "sd3": 1, "flux": 2, "wan": 2, "cogvideox": 1}
+CALLS_PER_STEP = {"sd": 1, "sdxl": 1, "sd3": 1, "flux": 2, "wan": 2, "cogvideox": 1, "animatediff": 1}
 #: The network receives ``timesteps / scale``: Flux divides by 1000, the others pass ``t`` itself.
-MODEL_TIME_SCALE = {"sd": 1.0, "sdxl": 1.0, "sd3": 1.0, "flux": 1000.0, "wan": 1.0, "cogvideox": 1.0}
+MODEL_TIME_SCALE = {"sd": 1.0, "sdxl": 1.0, "sd3": 1.0, "flux": 1000.0, "wan": 1.0, "cogvideox": 1.0,
+                    "animatediff": 1.0}  # fmt: skip
 
 # diffusers 0.42's own schedulers apply numpy ufuncs / np.array(copy=False) to torch tensors: NumPy 2 warns.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers")

@@ -1,7 +1,7 @@
-"""SearchPipeline on tiny random SD, SDXL, SD3, Flux (true CFG), Wan and CogVideoX pipelines with every
-search method: two prompts searched side by side in one call, the pipeline's output type and shape, NFE equal
-to an independent count of UNet/transformer rows, and the particles of both prompts sharing network calls;
-the same images whether the prompts are searched side by side or one after another."""
+"""SearchPipeline on tiny random SD, SDXL, SD3, Flux (true CFG), Wan, CogVideoX and AnimateDiff pipelines
+with every search method: two prompts searched side by side in one call, the pipeline's output type and
+shape, NFE equal to an independent count of UNet/transformer rows; and the same images whether the prompts
+are searched side by side or one after another, the side-by-side run in half the network calls."""
 
 import numpy as np
 import pytest
@@ -18,6 +18,7 @@ PARTICLES = 2
 PROMPTS = ["a cube", "a red ball"]
 #: network rows per particle evaluation in CALL_KWARGS (all use classifier-free guidance)
 CFG_ROWS = 2
+VIDEO = ("wan", "cogvideox", "animatediff")
 
 
 @pytest.fixture(scope="module", params=list(PIPELINES))
@@ -55,7 +56,7 @@ class NetworkCalls:
 
 
 def reward_for(name):
-    return VideoBrightness() if name in ("wan", "cogvideox") else Brightness()
+    return VideoBrightness() if name in VIDEO else Brightness()
 
 
 @pytest.mark.parametrize("method", list(SEARCH_METHODS))
@@ -66,7 +67,7 @@ def test_every_method_on_every_pipeline(case, method):
     with NetworkCalls(pipe) as counted:
         out = searcher(PROMPTS, num_inference_steps=STEPS, generator=generators, **kwargs)
     expected = (len(PROMPTS), *EXPECTED_SHAPES[name][1:])
-    images = out.frames if name in ("wan", "cogvideox") else out.images
+    images = out.frames if name in VIDEO else out.images
     assert isinstance(images, np.ndarray) and images.shape == expected and images.dtype == np.float32
     assert len(out.scores) == len(out.nfe) == len(out.history) == len(out.curves) == len(PROMPTS)
     assert counted.rows == CFG_ROWS * sum(out.nfe)  # the chains' NFE against the network's own count

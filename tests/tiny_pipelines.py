@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 from diffusers import (
+    AnimateDiffPipeline,
     AutoencoderKL,
     AutoencoderKLCogVideoX,
     AutoencoderKLWan,
@@ -60,6 +61,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    MotionAdapter,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -445,6 +447,44 @@ def tiny_wan() -> WanPipeline:
     return _finish(pipe)
 
 
+def tiny_animatediff() -> AnimateDiffPipeline:
+    """AnimateDiff: SD 1.x's UNet (epsilon) + a motion adapter (temporal attention over the frames, as
+    UNetMotionModel), latents (C, F, H/f, W/f), the VAE decoding frame by frame; DDIM as tiny SD."""
+    unet = _seeded(
+        lambda: UNet2DConditionModel(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            cross_attention_dim=32,
+            attention_head_dim=2,
+        )
+    )
+    motion = _seeded(
+        lambda: MotionAdapter(
+            block_out_channels=(8, 16),
+            motion_layers_per_block=1,
+            motion_norm_num_groups=4,
+            motion_num_attention_heads=2,
+            motion_max_seq_length=32,
+        )
+    )
+    sd = tiny_sd()
+    pipe = AnimateDiffPipeline(
+        vae=_seeded(lambda: _vae(4, scaling_factor=0.18215)),
+        text_encoder=sd.text_encoder,
+        tokenizer=sd.tokenizer,
+        unet=unet,
+        motion_adapter=motion,
+        scheduler=DDIMScheduler.from_config(sd.scheduler.config, beta_schedule="linear"),
+    )
+    return _finish(pipe)
+
+
 def tiny_cogvideox() -> CogVideoXPipeline:
     """CogVideoX (1.0) T2V: 3D DiT on (F', C, H/8, W/8) latents with 3D rotary embeddings (as CogVideoX-5b)
     + causal 3D VAE (4x temporal, 8x spatial) + T5, CogVideoX-2b's DDIM (v-prediction, SNR shift 3, zero
@@ -513,6 +553,7 @@ PIPELINES: dict[str, Callable[[], Any]] = {
     "flux": tiny_flux,
     "wan": tiny_wan,
     "cogvideox": tiny_cogvideox,
+    "animatediff": tiny_animatediff,
 }
 
 PROMPT = "a photo of a cute cat"
@@ -547,6 +588,7 @@ CALL_KWARGS: dict[str, dict[str, Any]] = {
         guidance_scale=6.0,
         max_sequence_length=T5_MAX_LENGTH,
     ),
+    "animatediff": dict(_IMAGE, negative_prompt="blurry", num_frames=4, guidance_scale=5.0),
 }
 
 #: Shape of ``.images`` (``.frames`` for Wan) for ``CALL_KWARGS`` with ``output_type="np"``.
@@ -557,6 +599,7 @@ EXPECTED_SHAPES: dict[str, tuple[int, ...]] = {
     "flux": (1, 32, 32, 3),
     "wan": (1, 5, 32, 32, 3),
     "cogvideox": (1, 9, 32, 32, 3),
+    "animatediff": (1, 4, 32, 32, 3),
 }
 
 

@@ -1,8 +1,9 @@
-"""Stable Diffusion 1.x/2.x and SDXL pipelines (UNet denoisers) + one prompt as search chains.
+"""Stable Diffusion 1.x/2.x, SDXL and AnimateDiff pipelines (UNet denoisers) + prompts as search chains.
 
-:func:`stable_diffusion_chain` turns a diffusers ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``
-into a :class:`search.chain.SolverChain` that denoises exactly as ``pipe(prompt, ...)`` does when the
-pipeline's scheduler is the matching façade of :mod:`samplers.schedulers`:
+:func:`stable_diffusion_chains` turns a diffusers ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``
+or ``AnimateDiffPipeline`` and prompts into :class:`search.chain.SolverChain` s (one per prompt, sharing one
+UNet call) that denoise exactly as ``pipe(prompt, ...)`` does when the pipeline's scheduler is the matching
+façade of :mod:`samplers.schedulers`:
 
 * the prompt is encoded once, with the pipeline's own ``encode_prompt`` (SDXL: both text encoders, the pooled
   projection, and the micro-conditioning ``add_time_ids`` of ``pipe._get_add_time_ids``, as ``__call__``
@@ -15,10 +16,14 @@ pipeline's scheduler is the matching façade of :mod:`samplers.schedulers`:
   ``scheduler_cls.from_config(pipe.scheduler.config)`` after ``set_timesteps(num_inference_steps)``, so the
   chain runs the grid ``pipe(...)`` runs with that scheduler;
 * latents start as N(0, I) * ``chain.noise_scale`` (the façades' ``init_noise_sigma`` is 1, VP scaling)
-  and are decoded by ``pipe.vae`` to [0, 1] images (:func:`pipelines.adapters.common.vae_decoder`).
+  and are decoded by ``pipe.vae`` to [0, 1] images (:func:`pipelines.adapters.common.vae_decoder`);
+* AnimateDiff (a ``UNetMotionModel``: SD's UNet + a motion adapter): latents (C, F, h, w), the prompt's
+  embeddings repeated for every frame inside the UNet call, as its ``__call__`` does, and the VAE decoding
+  frame by frame to (B, F, 3, H, W) frames.
 
 Not supported (the pipelines' options without a counterpart here): ``guidance_rescale``, IP-adapter
-images, ``cross_attention_kwargs`` (LoRA scales), ``denoising_end``, several prompts per chain.
+images, ``cross_attention_kwargs`` (LoRA scales), ``denoising_end``, AnimateDiff's FreeInit/FreeNoise and
+its SDXL variant.
 """
 
 from __future__ import annotations
@@ -36,12 +41,33 @@ from search.chain import SolverChain
 
 from .common import graph_if_needed, pipeline_device_dtype, prompt_chains, prompt_list, vae_decoder
 
-__all__ = ["is_sdxl", "stable_diffusion_chain", "stable_diffusion_chains"]
+__all__ = ["is_animatediff", "is_sdxl", "stable_diffusion_chain", "stable_diffusion_chains"]
+
+#: ``num_frames`` default of ``AnimateDiffPipeline.__call__``.
+_ANIMATEDIFF_FRAMES = 16
 
 
 def is_sdxl(pipe: Any) -> bool:
     """Whether ``pipe`` is an SDXL-style pipeline (two text encoders, pooled + micro-conditioning inputs)."""
     return hasattr(pipe, "text_encoder_2") or hasattr(pipe, "_get_add_time_ids")
+
+
+def is_animatediff(pipe: Any) -> bool:
+    """Whether ``pipe`` is an AnimateDiff pipeline: its UNet is a ``UNetMotionModel`` (SD's UNet with the
+    motion adapter's temporal layers) on video latents (B, C, F, h, w)."""
+    return type(getattr(pipe, "unet", None)).__name__ == "UNetMotionModel"
+
+
+def _frame_by_frame(decode: Any) -> Any:
+    """Video latents (B, C, F, h, w) -> frames (B, F, 3, H, W) in [0, 1], each frame decoded by the image
+    VAE, as ``AnimateDiffPipeline.decode_latents`` does."""
+
+    def decode_video(latents: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = latents.shape
+        images = decode(latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w))
+        return images.reshape(b, f, *images.shape[1:])
+
+    return decode_video
 
 
 def _default_size(pipe: Any) -> tuple[int, int]:
@@ -111,6 +137,7 @@ def stable_diffusion_chains(
     guidance_scale: float = 7.5,
     height: int | None = None,
     width: int | None = None,
+    num_frames: int | None = None,
     solver: Solver | None = None,
     scheduler_cls: type = DPMSolverPPScheduler,
     max_batch: int | None = None,
@@ -131,6 +158,8 @@ def stable_diffusion_chains(
             w <= 1, as in diffusers.
         height, width: image size in pixels (the pipeline's default when None); latents are
             ``(unet.config.in_channels, height // vae_scale_factor, width // vae_scale_factor)``.
+        num_frames: AnimateDiff only: frames of the video (default 16, as the pipeline); latents
+            ``(in_channels, num_frames, h, w)``, ``decode`` gives frames (B, F, 3, H, W).
         solver: any :mod:`samplers.solvers` solver; default ``SDEDPMSolverPP(2)`` (stochastic steps, as
             particle methods need; ``DPMSolverPP(2)`` is the ODE that ``DPMSolverPPScheduler`` runs).
         scheduler_cls: the :mod:`samplers.schedulers` façade whose grid the chain runs.
@@ -153,6 +182,12 @@ def stable_diffusion_chains(
     device, net_dtype = pipeline_device_dtype(pipe)
     default_h, default_w = _default_size(pipe)
     height, width = height or default_h, width or default_w
+    animated = is_animatediff(pipe)
+    if num_frames is not None and not animated:
+        raise ValueError("num_frames is only for AnimateDiff pipelines (a motion UNet)")
+    if animated and is_sdxl(pipe):
+        raise ValueError("AnimateDiff SDXL is not supported")
+    frames = (num_frames or _ANIMATEDIFF_FRAMES) if animated else None
     factor = pipe.vae_scale_factor
     if height % factor or width % factor:
         raise ValueError(f"height and width must be multiples of {factor}, got {height}x{width}")
@@ -184,6 +219,8 @@ def stable_diffusion_chains(
         """``unet(x, t, encoder_hidden_states, [added_cond_kwargs], [timestep_cond]).sample``, as the
         pipelines call it, in the UNet's dtype."""
         added = {"text_embeds": text_embeds, "time_ids": time_ids} if sdxl else None
+        if frames is not None:  # AnimateDiff: the prompt's embeddings for every frame, as its __call__
+            encoder_hidden_states = encoder_hidden_states.repeat_interleave(frames, dim=0)
         with graph_if_needed(x, encoder_hidden_states, text_embeds, time_ids, timestep_cond):
             return unet(
                 x.to(net_dtype),
@@ -196,6 +233,9 @@ def stable_diffusion_chains(
 
     decode = vae_decoder(pipe.vae if vae is None else vae, max_batch)
     shape = (unet.config.in_channels, height // factor, width // factor)
+    if frames is not None:
+        shape = (shape[0], frames, *shape[1:])
+        decode = _frame_by_frame(decode)
     solver = solver if solver is not None else SDEDPMSolverPP(2)
 
     def make_chain(denoiser: Denoiser, cond: dict[str, torch.Tensor]) -> SolverChain:
