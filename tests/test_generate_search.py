@@ -55,6 +55,9 @@ def test_smc_writes_images_with_reward_and_nfe_resumes_and_refuses_other_setting
         assert r["reward_name"] == "digits" and r["reward_options"] == {}
         assert isinstance(r["reward"], float) and r["reward"] <= 0
         assert r["nfe"] == 4 * 8  # 4 particles x 8 steps (guidance is one batched call)
+        curve = r["curve"]  # the anytime curve: NFE increasing, best reward non-decreasing, up to the end
+        assert curve[-1][0] == r["nfe"] and curve[-1][1] >= r["reward"] - 1e-6
+        assert all(a[0] < b[0] and a[1] <= b[1] for a, b in zip(curve, curve[1:]))
         assert r["image_seed"] == image_seed(0, 0, r["sample_index"])
         assert r["settings"]["sampler"] == "DPM++ 2M SDE" and r["settings"]["guidance"] == 2.0
         image = Image.open(out / r["image"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from counting import Brightness, VideoBrightness
 from threads import one_thread
-from tiny_pipelines import CALL_KWARGS, EXPECTED_SHAPES, PIPELINES
+from tiny_pipelines import CALL_KWARGS, EXPECTED_SHAPES, PIPELINES, tiny_sd
 
 from pipelines.search_pipeline import SearchPipeline
 from search.registry import SEARCH_METHODS
@@ -40,12 +40,13 @@ class NetworkCalls:
 
     def __init__(self, pipe):
         self.module = getattr(pipe, "unet", None) or pipe.transformer
-        self.rows, self.calls = 0, 0
+        self.rows, self.calls, self.largest = 0, 0, 0
 
     def hook(self, module, args, kwargs):
         x = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
         self.rows += x.shape[0]
         self.calls += 1
+        self.largest = max(self.largest, x.shape[0])
 
     def __enter__(self):
         self.handle = self.module.register_forward_pre_hook(self.hook, with_kwargs=True)
@@ -97,3 +98,23 @@ def test_side_by_side_equals_one_after_another(case, method):
     np.testing.assert_allclose(side.scores, alone.scores, atol=1e-5)
     assert side.nfe == alone.nfe
     assert side.calls * 2 == alone.calls  # every call of the side-by-side run served both prompts
+
+
+def test_max_batch_bounds_the_merged_calls_and_changes_nothing():
+    """Three prompts x 4 particles side by side with max_batch=3: no UNet call above 3 particles (6 rows
+    with CFG), the same images and NFE as without the bound."""
+    pipe = tiny_sd()
+    kwargs = {k: v for k, v in CALL_KWARGS["sd"].items() if k != "prompt"}
+    prompts = [*PROMPTS, "a green cone"]
+    runs = {}
+    for max_batch in (None, 3):
+        searcher = SearchPipeline.from_pipeline(pipe, "smc", Brightness(), particles=4, max_batch=max_batch)
+        with NetworkCalls(pipe) as counted:
+            generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+            out = searcher(prompts, num_inference_steps=STEPS, generator=generators, **kwargs)
+        runs[max_batch] = (out, counted)
+    (free, free_calls), (bounded, bounded_calls) = runs[None], runs[3]
+    assert free_calls.largest == CFG_ROWS * 4 * len(prompts) and bounded_calls.largest == CFG_ROWS * 3
+    assert bounded_calls.rows == free_calls.rows == CFG_ROWS * sum(free.nfe)
+    assert bounded.nfe == free.nfe
+    np.testing.assert_allclose(bounded.images, free.images, atol=1e-4)

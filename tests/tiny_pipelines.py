@@ -208,6 +208,24 @@ def _vae(latent_channels: int, **kw: Any) -> AutoencoderKL:
     )
 
 
+def _sd_unet(down: tuple[str, str], up: tuple[str, str]) -> UNet2DConditionModel:
+    """SD 1.x's UNet, tiny: 4 latent channels, 16x16 latents, CLIP cross-attention (dim 32)."""
+    return _seeded(
+        lambda: UNet2DConditionModel(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=down,
+            up_block_types=up,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            cross_attention_dim=32,
+            attention_head_dim=2,
+        )
+    )
+
+
 def _finish(pipe: Any) -> Any:
     pipe = pipe.to("cpu")  # components are created in float32 already
     pipe.set_progress_bar_config(disable=True)
@@ -219,20 +237,7 @@ def _finish(pipe: Any) -> Any:
 
 def tiny_sd() -> StableDiffusionPipeline:
     """Stable Diffusion 1.x: UNet (epsilon) + CLIPTextModel, DDIM with SD's scaled-linear betas."""
-    unet = _seeded(
-        lambda: UNet2DConditionModel(
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            norm_num_groups=4,
-            cross_attention_dim=32,
-            attention_head_dim=2,
-        )
-    )
+    unet = _sd_unet(("DownBlock2D", "CrossAttnDownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D"))
     vae = _seeded(lambda: _vae(4, scaling_factor=0.18215))
     text_encoder = _seeded(lambda: CLIPTextModel(_clip_config()))
     scheduler = DDIMScheduler(
@@ -450,20 +455,8 @@ def tiny_wan() -> WanPipeline:
 def tiny_animatediff() -> AnimateDiffPipeline:
     """AnimateDiff: SD 1.x's UNet (epsilon) + a motion adapter (temporal attention over the frames, as
     UNetMotionModel), latents (C, F, H/f, W/f), the VAE decoding frame by frame; DDIM as tiny SD."""
-    unet = _seeded(
-        lambda: UNet2DConditionModel(
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            norm_num_groups=4,
-            cross_attention_dim=32,
-            attention_head_dim=2,
-        )
-    )
+    # the motion adapter's block layout: cross-attention in the first down / last up block
+    unet = _sd_unet(("CrossAttnDownBlock2D", "DownBlock2D"), ("UpBlock2D", "CrossAttnUpBlock2D"))
     motion = _seeded(
         lambda: MotionAdapter(
             block_out_channels=(8, 16),
