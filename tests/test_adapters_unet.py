@@ -191,7 +191,7 @@ def test_animatediff_chain_reproduces_the_pipeline_and_decodes_frames(monkeypatc
                                    negative_prompt=call["negative_prompt"], **options)  # fmt: skip
     assert chain.shape == (4, frames, 16, 16)
     z = torch.randn(2, *chain.shape, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():  # one video per call (the pipeline's own num_videos_per_prompt > 1 fails)
+    with torch.no_grad():  # one video per call: diffusers fails given latents with num_videos_per_prompt=2
         expected = torch.cat(
             [pipe(**call, num_inference_steps=STEPS, latents=z[i : i + 1]).frames for i in (0, 1)]
         )
