@@ -3,6 +3,8 @@
 from .denoiser import PREDICTION_TYPES, Denoiser, DenoiserOutput, DynamicThreshold, convert_prediction
 from .grids import GRID_KINDS, TimeGrid, make_grid
 from .interpolant import InterpolantConversion
+from .masked import POLICIES, BlockLayout, make_policy, sample_candidates
+from .masked_scheduler import MaskedDiffusionScheduler
 from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource
 from .schedulers import (
     DDIMSolverScheduler,
@@ -24,6 +26,11 @@ from .solvers import DDIM, DEIS, DPMSolver, DPMSolverPP, SDEDPMSolverPP, Solver,
 from .state import SolverState
 
 __all__ = [
+    "POLICIES",
+    "BlockLayout",
+    "MaskedDiffusionScheduler",
+    "make_policy",
+    "sample_candidates",
     "PREDICTION_TYPES",
     "Denoiser",
     "DenoiserOutput",

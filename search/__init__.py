@@ -22,6 +22,7 @@ from .evolution import (
 from .fk_smc import POTENTIALS, fk_steering
 from .flow_chain import INTERPOLANTS, flow_sde_chain
 from .lookahead import TWEEDIE, Lookahead, lookahead_scores
+from .masked_chain import MaskedDiffusionChain
 from .metrics import sliced_wasserstein
 from .noise_optimisation import chi_log_density, noise_optimisation
 from .noise_search import NEIGHBOURHOODS, pcn_neighbours, sphere_neighbours, zero_order_search
@@ -83,6 +84,7 @@ __all__ = [
     "Chain",
     "ChainState",
     "SearchResult",
+    "MaskedDiffusionChain",
     "SolverChain",
     "best_of_n",
     "effective_sample_size",
