@@ -22,6 +22,9 @@ steps, ``m // k`` each plus one more in the first ``m % k`` steps. Policies:
   of their predictive distribution while the summed entropy stays within a bound, and at least the owed
   number.
 
+:class:`ReMDM` (Wang et al. 2025) adds remasking to any policy: decoded tokens are masked again with a small,
+scheduled probability, so that later steps can revise them (more steps than tokens then pay off).
+
 Semi-autoregressive blocks (LLaDA, Sec. 2.4; LLaDA2): the sequence ``prompt + generation`` is cut into blocks
 of ``block_length`` positions counted from position 0 (as diffusers' ``LLaDA2Pipeline``), padded with masks
 to a whole number of blocks; the blocks are decoded left to right, ``steps_per_block`` steps each.
@@ -43,6 +46,7 @@ __all__ = [
     "EntropyBounded",
     "LowConfidence",
     "RandomOrder",
+    "ReMDM",
     "UnmaskingPolicy",
     "commit_block",
     "make_policy",
@@ -245,6 +249,43 @@ class BlockLayout:
         return mask
 
 
+@dataclass(frozen=True)
+class ReMDM:
+    """ReMDM remasking (Wang et al. 2025, eq. 7 and Sec. 4.1): at a step of the linear schedule
+    alpha_t = s / k (s steps of the block's k done), every generated token already decoded is masked again
+    with probability sigma_t = min(eta, (1 - alpha_s) / alpha_t) (the "max-capped" schedule; sigma_t is 0 at
+    the block's first and last steps), so that later steps can correct it. ``strategy="conf"`` (ReMDM-conf)
+    spreads the same expected number of remaskings over the decoded tokens by softmax(-confidence), the
+    model's current probability of each token: the least confident ones go first."""
+
+    eta: float = 0.05
+    strategy: str = "cap"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+        if self.strategy not in ("cap", "conf"):
+            raise ValueError(f"strategy must be 'cap' or 'conf', got {self.strategy!r}")
+
+    def sigma(self, done: int, steps: int) -> float:
+        """sigma_t at step ``done`` of the block's ``steps`` (0 before anything is decoded and at the end)."""
+        alpha_t, alpha_s = done / steps, (done + 1) / steps
+        return 0.0 if alpha_t <= 0 else min(self.eta, max(1 - alpha_s, 0.0) / alpha_t)
+
+    def remask(
+        self, decoded: torch.Tensor, confidence: torch.Tensor, sigma: float, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The decoded positions (B, block) to mask again."""
+        if sigma <= 0 or not bool(decoded.any()):
+            return torch.zeros_like(decoded)
+        p = torch.full(decoded.shape, sigma, dtype=torch.float64, device=decoded.device)
+        if self.strategy == "conf":
+            weights = torch.softmax((-confidence).masked_fill(~decoded, -math.inf), -1).nan_to_num(0.0)
+            p = (sigma * decoded.sum(-1, keepdim=True) * weights).clamp(max=1.0)
+        u = torch.rand(decoded.shape, generator=generator, dtype=torch.float64, device=decoded.device)
+        return decoded & (u < p)
+
+
 def commit_block(
     logits: torch.Tensor,
     block_tokens: torch.Tensor,
@@ -255,24 +296,38 @@ def commit_block(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     frozen: torch.Tensor | None = None,
+    remasking: ReMDM | None = None,
+    steps: int | None = None,
+    editable: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step on the active block: (new block tokens, committed positions, candidate tokens, their
     confidence). ``logits`` (B, block, V) are the model's at the block's positions, ``block_tokens``
     (B, block) its current tokens, ``steps_left`` the block's steps left counting this one; rows in
-    ``frozen`` (B,) commit nothing (finished rows). Only masked positions change. A block without masks
-    draws no random numbers (so a step the caller skips and a step that finds nothing to do leave the
-    generator alike)."""
-    masked = block_tokens == mask_token_id
+    ``frozen`` (B,) commit nothing (finished rows). Only masked positions change, never to the mask token
+    itself. With ``remasking`` (ReMDM; ``steps``: the block's steps, ``editable``: the generated positions of
+    the block, (block,) or (B, block)) decoded tokens may first be masked again. A block without masks draws
+    no random numbers (so a step the caller skips and a step that finds nothing to do leave the generator
+    alike)."""
+    block_tokens = block_tokens.clone()
     logits = logits.to(torch.float64).index_fill(
         -1, torch.tensor([mask_token_id], device=logits.device), -math.inf
     )
+    log_probs = torch.log_softmax(logits, -1)
+    entropy = -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(-1)
+    masked = block_tokens == mask_token_id
+    live = torch.ones_like(masked) if frozen is None else ~frozen.unsqueeze(-1).expand_as(masked)
+    if remasking is not None and steps is not None and bool((masked & live).any()):
+        decoded = ~masked & live & (torch.ones_like(masked) if editable is None else editable.bool())
+        current = log_probs.gather(-1, block_tokens.clamp(max=logits.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
+        again = remasking.remask(
+            decoded, current.exp(), remasking.sigma(steps - steps_left, steps), generator
+        )
+        block_tokens[again] = mask_token_id
+        masked = masked | again
     if not bool(masked.any()):  # nothing to commit: no random draws, so the generator's stream is unchanged
         temperature = 0.0
     candidates_tokens, confidence = sample_candidates(logits, temperature, generator)
-    if frozen is not None:
-        masked = masked & ~frozen.unsqueeze(-1)
-    log_probs = torch.log_softmax(logits.to(torch.float64), -1)
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    masked = masked & live
     inputs = StepInputs(
         confidence=confidence.masked_fill(~masked, -math.inf),
         candidates=masked,

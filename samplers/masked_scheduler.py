@@ -13,8 +13,10 @@ serve any number of runs, particles or interleaved searches.
 commits as ``BlockRefinementScheduler`` at temperature 0), ``"low-confidence"``, ``"random"`` or ``"entropy"``
 (``entropy_bound``). Sampling at ``temperature > 0`` is the float64 Gumbel-max draw of
 :func:`samplers.masked.sample_candidates` (after the pipeline's ``top_k`` / ``top_p`` filtering). Not
-supported: the uniform-corruption mode without a mask token (it needs per-run state) and editing of committed
-tokens (``editing_threshold``: no edits are made; the pipeline then ends each block when its masks are done).
+supported: the uniform-corruption mode without a mask token (it needs per-run state) and confidence-based
+editing of committed tokens (``editing_threshold``). With ReMDM remasking (``remask_eta > 0``), decoded tokens
+masked again and not re-committed in the same step are returned in ``editing_transfer_index``, the positions
+the pipeline writes back besides the commits.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from diffusers import BlockRefinementScheduler
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_block_refinement import BlockRefinementSchedulerOutput
 
-from .masked import ConfidenceThreshold, UnmaskingPolicy, commit_block, make_policy
+from .masked import ConfidenceThreshold, ReMDM, UnmaskingPolicy, commit_block, make_policy
 
 __all__ = ["MaskedDiffusionScheduler"]
 
@@ -41,6 +43,7 @@ class MaskedDiffusionScheduler(BlockRefinementScheduler):
         editing_threshold, minimal_topk: kept for the pipeline's config reads; editing is not supported.
         policy: ``"threshold"``, ``"low-confidence"``, ``"random"`` or ``"entropy"``.
         entropy_bound: the ``"entropy"`` policy's bound gamma.
+        remask_eta, remask_strategy: ReMDM remasking (:class:`~samplers.masked.ReMDM`) if ``remask_eta > 0``.
     """
 
     @register_to_config
@@ -53,8 +56,11 @@ class MaskedDiffusionScheduler(BlockRefinementScheduler):
         minimal_topk: int = 1,
         policy: str = "threshold",
         entropy_bound: float = 0.5,
+        remask_eta: float = 0.0,
+        remask_strategy: str = "cap",
     ):
         make_policy(policy, **self._policy_options(policy, threshold, entropy_bound))  # fail early
+        self.remasking = ReMDM(remask_eta, remask_strategy) if remask_eta > 0 else None
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.arange(num_inference_steps - 1, -1, -1, dtype=torch.long)
         self._transfer_schedule = None
@@ -128,14 +134,18 @@ class MaskedDiffusionScheduler(BlockRefinementScheduler):
             steps_left=self.num_inference_steps - step_index,
             temperature=temperature,
             generator=generator,
+            remasking=self.remasking,
+            steps=self.num_inference_steps,
+            editable=None if prompt_mask is None else ~prompt_mask.bool(),
         )
-        no_edits = torch.zeros_like(commit)
+        # ReMDM's remasked tokens that stay masked: reported as edits, which the pipeline writes back too
+        remasked = (prev != sample) & ~commit
         if not return_dict:
-            return prev, commit, no_edits, tokens, confidence, model_output
+            return prev, commit, remasked, tokens, confidence, model_output
         return BlockRefinementSchedulerOutput(
             prev_sample=prev,
             transfer_index=commit,
-            editing_transfer_index=no_edits,
+            editing_transfer_index=remasked,
             sampled_tokens=tokens,
             sampled_probs=confidence,
             pred_logits=model_output,

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import torch
 
 from samplers.denoiser import DenoiserOutput
-from samplers.masked import BlockLayout, UnmaskingPolicy, commit_block, make_policy, sample_candidates
+from samplers.masked import BlockLayout, ReMDM, UnmaskingPolicy, commit_block, make_policy, sample_candidates
 from samplers.state import SolverState
 
 from .budget import Budget
@@ -59,6 +59,7 @@ class MaskedDiffusionChain:
         steps_per_block: model calls per block (default: ``block_length``, one token per call).
         policy: an :class:`~samplers.masked.UnmaskingPolicy` or its name (``policy_options`` its parameters).
         temperature: sampling temperature of the candidates (0: argmax).
+        remasking: ReMDM remasking of decoded tokens (:class:`~samplers.masked.ReMDM`), or None.
         context: ``"full"`` or ``"window"`` (see the module docstring).
         lookahead: ``"argmax"`` or ``"sample"`` fill of the masked positions for ``predict``.
         eos_stop: freeze rows once they have an EOS with every generated position before it filled.
@@ -79,6 +80,7 @@ class MaskedDiffusionChain:
         policy: str | UnmaskingPolicy = "low-confidence",
         policy_options: dict[str, float] | None = None,
         temperature: float = 0.0,
+        remasking: ReMDM | None = None,
         context: Literal["full", "window"] = "full",
         lookahead: Literal["argmax", "sample"] = "argmax",
         eos_stop: bool = True,
@@ -104,6 +106,7 @@ class MaskedDiffusionChain:
         self.mask_token_id, self.eos_token_id = int(mask_token_id), eos_token_id
         self.policy = make_policy(policy, **(policy_options or {}))
         self.temperature, self.context, self.lookahead = float(temperature), context, lookahead
+        self.remasking = remasking
         self.eos_stop = eos_stop and eos_token_id is not None
         self.decode_fn = decode_fn
         self.budget = budget if budget is not None else Budget()
@@ -119,7 +122,7 @@ class MaskedDiffusionChain:
 
     def stochastic_step(self, i: int) -> bool:
         """Whether step i draws random numbers (two children of a particle can differ)."""
-        return self.temperature > 0 or self.policy.stochastic
+        return self.temperature > 0 or self.policy.stochastic or self.remasking is not None
 
     def with_budget(self, budget: Budget) -> MaskedDiffusionChain:
         chain = copy.copy(self)
@@ -169,6 +172,9 @@ class MaskedDiffusionChain:
             temperature=self.temperature,
             generator=generator,
             frozen=frozen,
+            remasking=self.remasking,
+            steps=self.layout.steps_per_block,
+            editable=self._generated_positions(tokens.device)[span],
         )
         tokens = tokens.clone()
         tokens[:, span] = new_block
@@ -184,8 +190,7 @@ class MaskedDiffusionChain:
         if not 0 <= to_step <= i:
             raise ValueError(f"can only renoise to a step in 0..{i}, got {to_step}")
         tokens = state.x.clone()
-        generated = torch.zeros(self.layout.total_length, dtype=torch.bool, device=tokens.device)
-        generated[self.layout.prompt_length : self.layout.prompt_length + self.layout.gen_length] = True
+        generated = self._generated_positions(tokens.device)
         to_block, within = self.layout.block_of_step(to_step)
         for block in range(to_block, self.layout.num_blocks):
             span = self.layout.block_slice(block)
@@ -225,6 +230,12 @@ class MaskedDiffusionChain:
         first = torch.where(has_eos, is_eos.int().argmax(-1), torch.full_like(has_eos, end, dtype=torch.long))
         before = torch.arange(region.shape[1], device=tokens.device) < first.unsqueeze(-1)
         return has_eos & ~((region == self.mask_token_id) & before).any(-1)
+
+    def _generated_positions(self, device: torch.device) -> torch.Tensor:
+        """(total_length,) True on the generation region."""
+        generated = torch.zeros(self.layout.total_length, dtype=torch.bool, device=device)
+        generated[self.layout.prompt_length : self.layout.prompt_length + self.layout.gen_length] = True
+        return generated
 
     def _window(self, step: int) -> int:
         """Positions the model sees at ``step``: the whole sequence, or up to the end of the active block."""

@@ -20,6 +20,7 @@ from samplers.masked import (
     EntropyBounded,
     LowConfidence,
     RandomOrder,
+    ReMDM,
     StepInputs,
     make_policy,
     owed_commits,
@@ -59,7 +60,7 @@ def pipeline(lm, policy: str) -> LLaDA2Pipeline:
 
 def chain_for(lm, policy: str, **kw) -> MaskedDiffusionChain:
     model, tok = lm
-    kw = {"context": "window", "eos_stop": False, **kw}
+    kw = {"context": "window", "eos_stop": False, "steps_per_block": STEPS, **kw}
     return MaskedDiffusionChain(
         logits_fn(model),
         tok(PROMPT)["input_ids"],
@@ -67,7 +68,6 @@ def chain_for(lm, policy: str, **kw) -> MaskedDiffusionChain:
         mask_token_id=tok.mask_token_id,
         eos_token_id=tok.eos_token_id,
         block_length=BLOCK,
-        steps_per_block=STEPS,
         policy=policy,
         policy_options=OPTIONS.get(policy),
         **kw,
@@ -307,3 +307,47 @@ def test_search_methods_run_on_the_chain_with_exact_nfe(lm, method):
     )
     assert result.nfe == sum(rows) > 0
     assert isinstance(result.samples, list) and all(isinstance(t, str) for t in result.samples)
+
+
+# ------------------------------------------------------------------------------------------- ReMDM
+
+
+def test_remdm_sigma_is_the_max_capped_schedule():
+    remdm = ReMDM(eta=0.3)
+    k = 5
+    assert remdm.sigma(0, k) == 0.0 and remdm.sigma(k - 1, k) == 0.0  # nothing decoded yet; the last step
+    for done in range(1, k - 1):
+        alpha_t, alpha_s = done / k, (done + 1) / k
+        assert remdm.sigma(done, k) == pytest.approx(min(0.3, (1 - alpha_s) / alpha_t))
+    with pytest.raises(ValueError, match="eta"):
+        ReMDM(eta=1.5)
+
+
+def test_remdm_conf_remasks_the_least_confident_tokens_first():
+    decoded = torch.ones(20000, 4, dtype=torch.bool)
+    confidence = torch.tensor([0.9, 0.5, 0.2, 0.99], dtype=torch.float64).expand(20000, -1)
+    g = torch.Generator().manual_seed(0)
+    cap = ReMDM(0.2, "cap").remask(decoded, confidence, 0.2, g).double().mean(0)
+    conf = ReMDM(0.2, "conf").remask(decoded, confidence, 0.2, g).double().mean(0)
+    torch.testing.assert_close(cap, torch.full((4,), 0.2, dtype=torch.float64), atol=0.01, rtol=0)
+    expected = 0.2 * 4 * torch.softmax(-confidence[0], -1)  # the same expected count, by softmax(-confidence)
+    torch.testing.assert_close(conf, expected, atol=0.01, rtol=0)
+    assert conf.argmax() == 2 and conf.argmin() == 3
+
+
+@pytest.mark.parametrize("strategy", ["cap", "conf"])
+def test_remdm_in_the_pipeline_equals_our_chain_and_revises_tokens(lm, strategy):
+    model, tok = lm
+    steps = 6  # more steps than the 4 tokens of a block: room to remask and decode again
+    scheduler = MaskedDiffusionScheduler(policy="low-confidence", remask_eta=0.5, remask_strategy=strategy)
+    pipe = LLaDA2Pipeline(model=model, scheduler=scheduler, tokenizer=tok)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt=[PROMPT] * 4, gen_length=GEN, block_length=BLOCK, num_inference_steps=steps,
+               temperature=0.8, editing_threshold=None, eos_early_stop=False,
+               generator=torch.Generator().manual_seed(0), output_type="seq").sequences  # fmt: skip
+    remdm = ReMDM(0.5, strategy)
+    chain = chain_for(lm, "low-confidence", temperature=0.8, steps_per_block=steps, remasking=remdm)
+    assert torch.equal(run(chain, 4, 0), out)
+    assert not (out == tok.mask_token_id).any()
+    plain = chain_for(lm, "low-confidence", temperature=0.8, steps_per_block=steps)
+    assert not torch.equal(run(plain, 4, 0), out)  # remasking changed the run
