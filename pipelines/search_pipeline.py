@@ -34,18 +34,35 @@ from PIL import Image
 
 from search.chain import SolverChain
 from search.lockstep import Exclusive, run_lockstep
-from search.registry import get_search, run_search
+from search.registry import SEARCH_METHODS, get_search, run_search
 from search.trace import recording
 
-__all__ = ["OUTPUT_TYPES", "SearchPipeline", "SearchPipelineOutput"]
+__all__ = ["OUTPUT_TYPES", "SearchPipeline", "SearchPipelineOutput", "TextSearchOutput"]
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+#: LLaDA2Pipeline arguments a text search takes (:func:`pipelines.text.text_chains`)
+_TEXT_OPTIONS = frozenset({"gen_length", "block_length", "temperature", "threshold"})
+#: methods that search over a chain's initial Gaussian noise (not for text, which starts from all masks)
+_NOISE_SPACE = frozenset({"zero-order", "evo"})
 #: further arguments of the pipelines' ``__call__`` that searches take (passed on to the adapters)
 _ADAPTER_OPTIONS = {
     "unet": frozenset(),
     "flow": frozenset({"max_sequence_length", "true_cfg_scale"}),
     "cogvideox": frozenset({"max_sequence_length"}),
 }
+
+
+@dataclass
+class TextSearchOutput:
+    """An ``LLaDA2Pipeline`` output (``sequences``: the generated token ids (B, gen_length), ``texts``:
+    decoded up to the first EOS), and per prompt the search's ``scores``, ``nfe``, ``history``, ``curves``."""
+
+    sequences: Any
+    texts: list[str] | None = None
+    scores: list[float] = field(default_factory=list)
+    nfe: list[int] = field(default_factory=list)
+    history: list[list[dict[str, Any]]] = field(default_factory=list)
+    curves: list[list[list[float]]] = field(default_factory=list)
 
 
 @dataclass
@@ -177,6 +194,9 @@ class SearchPipeline:
         search = self.search if search is ... else search
         particles = self.particles if particles is ... else particles
         max_nfe = self.max_nfe if max_nfe is ... else max_nfe
+        if _kind(self.pipe) == "text":
+            return self._text_call(prompt, search, particles, max_nfe, generator, num_inference_steps,
+                                   output_type, return_dict, pipe_kwargs)  # fmt: skip
         call = {
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
@@ -202,9 +222,7 @@ class SearchPipeline:
         call.update(pipe_kwargs)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, not {output_type!r}")
-        if self.reward is None:
-            raise ValueError(f"search {search!r} needs a reward")
-        method = get_search(search)
+        method = self._method(search)
         prompts = [prompt] if isinstance(prompt, str | int) else list(prompt)
         generators = _generators(generator, len(prompts))
         if _kind(self.pipe) == "digits":
@@ -213,31 +231,7 @@ class SearchPipeline:
                 "guidance_scale": 2.0 if guidance_scale is None else guidance_scale,
             }
         chains = self.chains([str(p) for p in prompts], stochastic=method.stochastic, **call)
-
-        reward = Exclusive(self.reward)  # the searches side by side score one at a time
-
-        def search_one(chain: SolverChain, text: str, g: torch.Generator | None):
-            with recording() as trace:
-                result = run_search(
-                    method.name,
-                    chain,
-                    reward,
-                    particles=particles,
-                    max_nfe=max_nfe,
-                    prompts=text,
-                    generator=g,
-                    **self.search_kwargs,
-                )
-            return result, trace.as_lists()
-
-        tasks = [
-            partial(search_one, chain, str(text), g)
-            for chain, text, g in zip(chains, prompts, generators, strict=True)
-        ]
-        if self.batch_prompts and len(tasks) > 1:
-            found = run_lockstep(tasks)
-        else:
-            found = [task() for task in tasks]
+        found = self._search(method.name, chains, [str(p) for p in prompts], generators, particles, max_nfe)
         images, output = [], SearchPipelineOutput(images=None)
         full_decode = None
         if self.lookahead_vae is not None:  # the pipeline's own VAE (the same decode for every prompt)
@@ -258,6 +252,90 @@ class SearchPipeline:
         output.images = _as_output(self.pipe, torch.cat(images), output_type)
         return output if return_dict else (output.images,)
 
+    def _method(self, search: str):
+        if self.reward is None:
+            raise ValueError(f"search {search!r} needs a reward")
+        return get_search(search)
+
+    def _search(
+        self,
+        method: str,
+        chains: Sequence[Any],
+        prompts: Sequence[str],
+        generators: Sequence[torch.Generator | None],
+        particles: int | None,
+        max_nfe: int | None,
+    ) -> list[tuple[Any, list[list[float]]]]:
+        """(result, anytime curve) of the search on each chain: side by side (sharing model calls) or one
+        after another (``batch_prompts``); the reward is called by one search at a time."""
+        reward = Exclusive(self.reward)
+
+        def search_one(chain: Any, text: str, g: torch.Generator | None):
+            with recording() as trace:
+                result = run_search(
+                    method, chain, reward, particles=particles, max_nfe=max_nfe, prompts=text, generator=g,
+                    **self.search_kwargs,
+                )  # fmt: skip
+            return result, trace.as_lists()
+
+        tasks = [partial(search_one, c, t, g) for c, t, g in zip(chains, prompts, generators, strict=True)]
+        if self.batch_prompts and len(tasks) > 1:
+            return run_lockstep(tasks)
+        return [task() for task in tasks]
+
+    def _text_call(
+        self,
+        prompt: str | Sequence[str],
+        search: str | None,
+        particles: int | None,
+        max_nfe: int | None,
+        generator: Any,
+        num_inference_steps: int | None,
+        output_type: str | None,
+        return_dict: bool,
+        pipe_kwargs: dict[str, Any],
+    ):
+        """An ``LLaDA2Pipeline`` call: the plain call without search, else one searched continuation per
+        prompt (:func:`pipelines.text.text_chains`: each prompt as the pipeline makes it on its own)."""
+        output_type = "text" if output_type in (None, "pil") else output_type
+        steps = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
+        if search is None:
+            return self.pipe(prompt, generator=generator, output_type=output_type, return_dict=return_dict,
+                             **steps, **pipe_kwargs)  # fmt: skip
+        from .text import text_chains
+
+        unsupported = sorted(set(pipe_kwargs) - _TEXT_OPTIONS)
+        if unsupported:
+            raise ValueError(f"with search, these pipeline arguments are not supported: {unsupported}")
+        if output_type not in ("text", "seq"):
+            raise ValueError(f"output_type must be 'text' or 'seq', not {output_type!r}")
+        method = self._method(search)
+        if method.name in _NOISE_SPACE:
+            raise ValueError(
+                f"search {method.name!r} searches over the initial Gaussian noise; text diffusion starts "
+                f"from all masks: use one of {', '.join(m for m in SEARCH_METHODS if m not in _NOISE_SPACE)}"
+            )
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        chains = text_chains(self.pipe, prompts, max_batch=self.max_batch, **steps, **pipe_kwargs)
+        if not chains[0].stochastic_step(0):
+            raise ValueError("text search needs random steps: temperature > 0, or the 'random' policy")
+        found = self._search(
+            method.name, chains, prompts, _generators(generator, len(prompts)), particles, max_nfe
+        )
+        output = TextSearchOutput(sequences=None)
+        sequences = []
+        for chain, (result, curve) in zip(chains, found, strict=True):
+            start = chain.layout.prompt_length
+            sequences.append(result.x[0, start : start + chain.layout.gen_length].cpu())
+            output.scores.append(float(result.scores[0]))
+            output.nfe.append(result.nfe)
+            output.history.append(result.history)
+            output.curves.append(curve)
+        output.sequences = torch.stack(sequences)
+        if output_type == "text":
+            output.texts = [str(chain.decode(result.x[:1])[0]) for chain, (result, _) in zip(chains, found)]
+        return output if return_dict else (output.sequences, output.texts)
+
 
 def _kind(pipe: Any) -> str:
     from .adapters.unet import is_sdxl
@@ -265,6 +343,8 @@ def _kind(pipe: Any) -> str:
 
     if isinstance(pipe, DigitsPipeline):
         return "digits"
+    if type(pipe).__name__ == "LLaDA2Pipeline" or hasattr(pipe, "mask_token_id"):
+        return "text"
     if type(pipe).__name__.startswith("CogVideoX"):
         from diffusers import CogVideoXPipeline
 
