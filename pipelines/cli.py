@@ -7,6 +7,7 @@ model, against its exact probability-flow ODE solution. It runs offline in secon
 text-to-image model): deterministic per image, resumable, and split across processes under
 ``accelerate launch``; see :mod:`pipelines.generate`.
 ``dsample score`` scores a ``generate`` run's images with a reward (``dsample rewards`` lists them).
+``dsample text`` generates text by masked diffusion (the bundled tiny model by default), optionally searched.
 """
 
 from __future__ import annotations
@@ -292,6 +293,57 @@ def _add_report(sub) -> None:
     report.set_defaults(func=_report)
 
 
+def _text(args: argparse.Namespace) -> int:
+    from .prompts import UsageError
+    from .text_cli import TextOptions, run_text
+
+    options = TextOptions(**{k: v for k, v in vars(args).items() if k in TextOptions.__dataclass_fields__})
+    try:
+        records = run_text(options)
+    except UsageError as err:
+        print(f"dsample: error: {err}", file=sys.stderr)
+        return 2
+    for r in records:
+        found = f"  [reward {r['reward']:.4g}, NFE {r['nfe']}]" if "reward" in r else ""
+        print(f"{r['prompt']} -> {r['text']}{found}")
+    if options.out:
+        print(f"dsample: {len(records)} samples in {options.out}")
+    return 0
+
+
+def _add_text(sub) -> None:
+    text = sub.add_parser(
+        "text",
+        help="generate text by masked diffusion (bundled tiny model by default), optionally with search",
+        description="Masked discrete diffusion in diffusers' LLaDA2Pipeline with our stateless scheduler. "
+        "The bundled model solves list tasks, e.g. --prompt 'sort : 3 1 2 ='.",
+    )
+    text.add_argument("--prompt", dest="prompts", action="append", help="a prompt (repeatable)")
+    text.add_argument("--prompt-file", default=None, help="a text file, one prompt per line")
+    text.add_argument("--model", default=None, help="hub id or directory (default: the bundled model)")
+    text.add_argument("--trust-remote-code", action="store_true", help="for LLaDA-style remote-code models")
+    text.add_argument("--policy", default="low-confidence", choices=["low-confidence", "random", "threshold",
+                      "entropy"], help="unmasking policy (default low-confidence)")  # fmt: skip
+    text.add_argument("--threshold", type=float, default=0.9, help="the threshold policy's confidence")
+    text.add_argument("--entropy-bound", type=float, default=0.5, help="the entropy policy's bound")
+    text.add_argument("--remask-eta", type=float, default=0.0, help="ReMDM remasking cap (0: off)")
+    text.add_argument("--gen-length", type=int, default=None, help="generated tokens")
+    text.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block size")
+    text.add_argument("--steps", type=int, default=None, help="steps per block (default: block length)")
+    text.add_argument("--temperature", type=float, default=0.0)
+    text.add_argument("--seed", type=int, default=0)
+    text.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
+    text.add_argument("--search", default=None, help="bon, paths, beam, smc, dts or rbf")
+    text.add_argument("--particles", type=int, default=8)
+    text.add_argument("--max-nfe", type=int, default=None)
+    text.add_argument("--reward", default=None, help="a text reward (list-task, sentence-similarity, ...)")
+    text.add_argument("--reward-option", dest="reward_options", action="append", metavar="KEY=VALUE")
+    text.add_argument("--out", default=None, help="also write one JSON line per sample to this file")
+    text.add_argument("--device", default=None)
+    text.add_argument("--quiet", action="store_true")
+    text.set_defaults(func=_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dsample", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_score(sub)
     _add_report(sub)
+    _add_text(sub)
     sub.add_parser("rewards", help="list the rewards by name").set_defaults(func=_rewards)
     return parser
 

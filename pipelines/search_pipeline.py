@@ -43,7 +43,7 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 #: LLaDA2Pipeline arguments a text search takes (:func:`pipelines.text.text_chains`)
 _TEXT_OPTIONS = frozenset({"gen_length", "block_length", "temperature", "threshold"})
 #: methods that search over a chain's initial Gaussian noise (not for text, which starts from all masks)
-_NOISE_SPACE = frozenset({"zero-order", "evo"})
+NOISE_SPACE_METHODS = frozenset({"zero-order", "evo"})
 #: further arguments of the pipelines' ``__call__`` that searches take (passed on to the adapters)
 _ADAPTER_OPTIONS = {
     "unet": frozenset(),
@@ -310,10 +310,11 @@ class SearchPipeline:
         if output_type not in ("text", "seq"):
             raise ValueError(f"output_type must be 'text' or 'seq', not {output_type!r}")
         method = self._method(search)
-        if method.name in _NOISE_SPACE:
+        if method.name in NOISE_SPACE_METHODS:
+            usable = ", ".join(m for m in SEARCH_METHODS if m not in NOISE_SPACE_METHODS)
             raise ValueError(
                 f"search {method.name!r} searches over the initial Gaussian noise; text diffusion starts "
-                f"from all masks: use one of {', '.join(m for m in SEARCH_METHODS if m not in _NOISE_SPACE)}"
+                f"from all masks: use one of {usable}"
             )
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         chains = text_chains(self.pipe, prompts, max_batch=self.max_batch, **steps, **pipe_kwargs)

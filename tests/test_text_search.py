@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import LLaDA2Pipeline
 from threads import one_thread
-from tiny_text import tiny_masked_lm, tiny_tokenizer
+from tiny_text import WordCount, tiny_masked_lm, tiny_tokenizer
 
 from pipelines.search_pipeline import SearchPipeline, TextSearchOutput
 from pipelines.text import text_chains
@@ -50,18 +50,6 @@ class ModelCalls:
 
     def __exit__(self, *exc):
         self.handle.remove()
-
-
-class WordCount:
-    """How often ``word`` occurs in the text: a reward a random model can move."""
-
-    modality = "text"
-
-    def __init__(self, word="f"):
-        self.word = word
-
-    def __call__(self, texts, prompts=None):
-        return torch.tensor([float(t.split().count(self.word)) for t in texts])
 
 
 def test_without_search_it_is_the_pipeline_call(pipe):

@@ -50,3 +50,15 @@ def logits_fn(model):
         return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
 
     return logits
+
+
+class WordCount:
+    """How often ``word`` occurs in each text: a reward a random model can move (``tiny_text:WordCount``)."""
+
+    modality = "text"
+
+    def __init__(self, word: str = "f"):
+        self.word = word
+
+    def __call__(self, texts, prompts=None):
+        return torch.tensor([float(t.split().count(self.word)) for t in texts])
