@@ -88,6 +88,7 @@ def text_chains(
     temperature: float = 0.0,
     threshold: float | None = None,
     policy: str | UnmaskingPolicy | None = None,
+    remasking: ReMDM | None | type[Ellipsis] = ...,
     lookahead: str = "argmax",
     max_batch: int | None = None,
 ) -> list[MaskedDiffusionChain]:
@@ -98,9 +99,10 @@ def text_chains(
     tokenizer = pipe.tokenizer
     block_length = block_length or pipe.scheduler.config.block_length
     steps = min(num_inference_steps, gen_length)  # the pipeline's cap (gen_length // minimal_topk, topk 1)
-    chosen, remasking = scheduler_policy(pipe.scheduler, threshold)
+    chosen, configured = scheduler_policy(pipe.scheduler, threshold)
     if policy is not None:
         chosen = make_policy(policy)
+    remasking = configured if remasking is ... else remasking
     model = pipe.model
     device = pipe._execution_device
 
