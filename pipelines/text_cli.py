@@ -59,7 +59,8 @@ def bundled_defaults() -> dict[str, Any]:
     if not path.is_file():
         return {}
     info = json.loads(path.read_text())
-    return {k: info[k] for k in ("gen_length", "block_length") if isinstance(info.get(k), int)}
+    layout = info.get("layout", info)
+    return {k: layout[k] for k in ("gen_length", "block_length") if isinstance(layout.get(k), int)}
 
 
 def _prompts(opts: TextOptions) -> list[str]:
