@@ -16,6 +16,11 @@ for flow models the flow -> SDE conversion on the VP interpolant), noise-search 
 prompts of one call are searched side by side (:func:`search.lockstep.run_lockstep`): every network call is
 one batched call on the particles of all prompts, and ``max_batch`` bounds the particles per call.
 
+Text: for diffusers' ``LLaDA2Pipeline`` (masked discrete diffusion) the call takes its arguments
+(``gen_length``, ``block_length``, ``num_inference_steps``, ``temperature``, ``threshold``) and returns a
+:class:`TextSearchOutput` (``sequences``, ``texts`` and the search metadata); the chains are
+:func:`pipelines.text.text_chains`, the pipeline's own run token for token.
+
 ``lookahead_vae`` (e.g. diffusers' ``AutoencoderTiny``, TAESD) makes the search's decoding cheap: every sample
 the method scores (look-aheads and selection) is decoded with it, and only the returned sample of each prompt
 is decoded again with the pipeline's own VAE and re-scored (one more reward call per prompt).

@@ -27,6 +27,7 @@ REWARD_NAMES: dict[str, tuple[str, str, str]] = {
     "sentence-similarity": ("rewards.text", "SentenceSimilarity", "MiniLM cosine to a target (offline)"),
     "regex": ("rewards.text", "RegexVerifier", "1 if the text matches a pattern, else 0"),
     "exact-match": ("rewards.text", "ExactMatch", "1 if the (extracted) answer equals the reference"),
+    "list-task": ("rewards.list_tasks", "ListTaskVerifier", "1 if the list-task answer is exact"),
     "text-classifier": ("rewards.text", "SequenceClassifierReward", "log p(label | text), transformers"),
     "temporal-consistency": ("rewards.video", "TemporalConsistency", "CLIP cosine of adjacent frames"),
     "motion": ("rewards.video", "MotionMagnitude", "mean absolute pixel change between frames"),

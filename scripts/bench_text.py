@@ -14,7 +14,8 @@ drawn with a seed the training never used:
    and SMC with 8 particles (the same NFE as best-of-8) scored by ``ListTaskVerifier`` (exact match), accuracy
    of the returned answer.
 3. **MiniLM steering**: mean cosine similarity (``SentenceSimilarity``, all-MiniLM-L6-v2, offline) of the
-   generated answer to a target text, without search and with SMC on the similarity reward.
+   generated text to a target text on ``add`` prompts (the task the model is unsure of, so samples differ),
+   without search, and with best-of-8 and SMC (8 particles, equal NFE) on the similarity reward.
 
 Writes ``docs/benchmarks/text.md``. Run: ``.venv/bin/python scripts/bench_text.py`` (a few minutes on two CPU
 cores; ``--per-task`` for the number of prompts per task).
@@ -55,12 +56,15 @@ def prompts_per_task(per_task: int) -> list[tuple[str, str]]:
     return [(task, random_example(g, task)[0]) for task in TASKS for _ in range(per_task)]
 
 
-def run_chain(chain, generator) -> tuple[str, int]:
-    """(decoded text, model calls) of one run of the chain."""
+def run_chain(chain, generator) -> tuple[str, int, int]:
+    """(decoded text, model calls, generated positions committed) of one run of the chain (a run that
+    commits its EOS early stops there: the positions after it are never decoded)."""
     state = chain.prior(1)
     while state.step < chain.steps:
         state = chain.step(state, generator)
-    return chain.decode(state.x)[0], chain.budget.nfe
+    start = chain.layout.prompt_length
+    region = state.x[0, start : start + chain.layout.gen_length]
+    return chain.decode(state.x)[0], chain.budget.nfe, int((region != chain.mask_token_id).sum())
 
 
 def accuracy_table(pipe, prompts, block: int, gen_length: int) -> list[dict]:
@@ -68,17 +72,17 @@ def accuracy_table(pipe, prompts, block: int, gen_length: int) -> list[dict]:
     rows = []
     for name, (policy, remasking) in POLICIES.items():
         for steps in (block, block // 2, 1):
-            correct, calls, start = {t: 0 for t in TASKS}, 0, time.perf_counter()
+            correct, calls, committed, start = {t: 0 for t in TASKS}, 0, 0, time.perf_counter()
             for task, prompt in prompts:
                 options = {"num_inference_steps": steps, "policy": policy, "remasking": remasking}
                 chain = text_chains(pipe, [prompt], gen_length=gen_length, block_length=block, **options)[0]
-                text, nfe = run_chain(chain, torch.Generator().manual_seed(0))
+                text, nfe, decoded = run_chain(chain, torch.Generator().manual_seed(0))
                 correct[task] += int(float(verifier([text], [prompt])[0]) == 1.0)
-                calls += nfe
+                calls, committed = calls + nfe, committed + decoded
             n = len(prompts) // len(TASKS)
             rows.append(
                 {"policy": name, "steps_per_block": steps, "calls": calls / len(prompts),
-                 "tokens_per_call": gen_length / (calls / len(prompts)),
+                 "tokens_per_call": committed / calls,
                  "accuracy": {t: correct[t] / n for t in TASKS},
                  "mean": sum(correct.values()) / len(prompts), "seconds": time.perf_counter() - start}
             )  # fmt: skip
@@ -122,7 +126,7 @@ def steering_table(pipe, block: int, gen_length: int, particles: int, count: int
     target = "9 9 9 9"
     similarity = SentenceSimilarity(target=target)
     g = torch.Generator().manual_seed(HELD_OUT_SEED + 1)
-    prompts = [random_example(g, "copy")[0] for _ in range(count)]
+    prompts = [random_example(g, "add")[0] for _ in range(count)]  # the task the model is unsure of
     call = {
         "gen_length": gen_length,
         "block_length": block,
@@ -130,7 +134,8 @@ def steering_table(pipe, block: int, gen_length: int, particles: int, count: int
         "temperature": 1.0,
     }
     rows = []
-    for label, method, size in (("no search", "bon", 1), (f"SMC, {particles} particles", "smc", particles)):
+    for label, method, size in (("no search", "bon", 1), (f"best-of-{particles}", "bon", particles),
+                                (f"SMC, {particles} particles", "smc", particles)):  # fmt: skip
         searcher = SearchPipeline.from_pipeline(pipe, method, similarity, particles=size)
         out = searcher(prompts, generator=[torch.Generator().manual_seed(i) for i in range(count)], **call)
         sims = similarity(out.texts, prompts).tolist()

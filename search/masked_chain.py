@@ -143,6 +143,8 @@ class MaskedDiffusionChain:
         """(state with the model call cached, look-ahead tokens: the masked positions it sees, filled)."""
         if state.step >= self.steps:
             return state, state.x
+        if state.cached is None and self.context == "window" and self._idle(state.x, state.step):
+            return state, state.x  # nothing to commit, and no mask in the model's view: no call
         if state.cached is None:
             logits = self._logits(state.x, self._window(state.step))
             fill = self._fill(state.x, logits, state.step)
@@ -157,11 +159,10 @@ class MaskedDiffusionChain:
         tokens = state.x
         span = self.layout.block_slice(block)
         frozen = self.finished(tokens) if self.eos_stop else None
-        masked = tokens[:, span] == self.mask_token_id
-        if frozen is not None:
-            masked = masked & ~frozen.unsqueeze(-1)
-        if not bool(masked.any()):  # the block is done (or every row finished): no model call
-            return ChainState(SolverState(x=tokens, step=i + 1))
+        if self._idle(tokens, i):  # the block is done (or every row finished): no model call
+            # the model's output on unchanged tokens stays valid where its view does not change
+            carried = state.cached if self.context == "full" else None
+            return ChainState(SolverState(x=tokens, step=i + 1), carried)
         logits = state.cached.eps if state.cached is not None else self._logits(tokens, self._window(i))
         new_block, _, _, _ = commit_block(
             logits[:, span],
@@ -230,6 +231,14 @@ class MaskedDiffusionChain:
         first = torch.where(has_eos, is_eos.int().argmax(-1), torch.full_like(has_eos, end, dtype=torch.long))
         before = torch.arange(region.shape[1], device=tokens.device) < first.unsqueeze(-1)
         return has_eos & ~((region == self.mask_token_id) & before).any(-1)
+
+    def _idle(self, tokens: torch.Tensor, step: int) -> bool:
+        """Whether step ``step`` has nothing to commit: no unfinished row has a mask in its block."""
+        block, _ = self.layout.block_of_step(step)
+        masked = tokens[:, self.layout.block_slice(block)] == self.mask_token_id
+        if self.eos_stop:
+            masked = masked & ~self.finished(tokens).unsqueeze(-1)
+        return not bool(masked.any())
 
     def _generated_positions(self, device: torch.device) -> torch.Tensor:
         """(total_length,) True on the generation region."""

@@ -114,6 +114,8 @@ def rollover_budget_forcing(
             top = int(scores.argmax())
             if best_child is None or float(scores[top]) > best_reward:
                 best_reward, best_child = float(scores[top]), children[[top]]
+            if chain.budget.nfe == before:  # the step made no model call (nothing left to do): no choice
+                break
             if not last and best_reward > parent_reward:
                 improved = True
                 break

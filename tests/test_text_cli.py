@@ -55,8 +55,10 @@ def test_search_records_reward_nfe_and_curve(model_dir, tmp_path, capsys):
                 "--particles", "4", "--reward", "tiny_text:WordCount", "--reward-option", "word=f",
                 "--out", str(out)) == 0  # fmt: skip
     (r,) = records(out)
-    # 3 prompt tokens + 8 generated span 3 blocks of 4, 4 steps each: 12 model calls per particle
-    assert r["reward"] == float(r["text"].split().count("f")) and r["nfe"] == 4 * 12
+    # 3 prompt tokens + 8 generated span 3 blocks of 4, 4 steps each: at most 12 calls on the 4 particles
+    # (fewer once every particle has committed its EOS: the steps left make no call)
+    assert r["reward"] == float(r["text"].split().count("f"))
+    assert 0 < r["nfe"] <= 4 * 12 and r["nfe"] % 4 == 0
     assert r["curve"][-1][0] <= r["nfe"] and r["settings"]["search"] == "smc"
     assert "[reward" in capsys.readouterr().out
 

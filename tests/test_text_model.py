@@ -1,0 +1,55 @@
+"""The bundled masked-diffusion text model (pipelines/assets/text) in diffusers' LLaDA2Pipeline with our
+scheduler and through our chain: it solves held-out copy / reverse / sort prompts (at least 10 of 12 per task,
+one token per step; docs/benchmarks/text.md has the full accuracy table), the pipeline and the chain agree
+token for token, and ``dsample text`` uses it by default."""
+
+import pytest
+import torch
+from threads import one_thread
+
+from pipelines.cli import main
+from pipelines.text import load_text_pipeline, text_chains
+from rewards.list_tasks import ListTaskVerifier, random_example
+
+CALL = {"gen_length": 12, "block_length": 4, "num_inference_steps": 4}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_text_pipeline()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.mark.parametrize("task", ["copy", "reverse", "sort"])
+def test_the_bundled_model_solves_held_out_prompts_through_pipeline_and_chain(pipe, task):
+    g = torch.Generator().manual_seed(999)
+    prompts = [random_example(g, task)[0] for _ in range(12)]
+    verifier = ListTaskVerifier()
+    correct = 0
+    for prompt in prompts:
+        out = pipe(prompt, **CALL, editing_threshold=None)
+        correct += int(float(verifier(out.texts, [prompt])[0]) == 1.0)
+        chain = text_chains(pipe, [prompt], **CALL)[0]
+        state = chain.prior(1)
+        while state.step < chain.steps:
+            state = chain.step(state)
+        p = chain.layout.prompt_length
+        generated = state.x[0, p : p + CALL["gen_length"]]
+        committed = generated != pipe.tokenizer.mask_token_id
+        assert torch.equal(generated[committed], out.sequences[0][committed])
+        assert chain.decode(state.x) == out.texts
+    assert correct >= 10, f"{task}: {correct} of {len(prompts)}"
+
+
+def test_dsample_text_runs_the_bundled_model_by_default(capsys):
+    assert main(["text", "--quiet"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(" :")[0] for line in lines] == ["copy", "reverse", "sort", "add"]
+    verifier = ListTaskVerifier()
+    solved = [float(verifier([line.split(" -> ")[1]], [line.split(" -> ")[0]])[0]) for line in lines[:3]]
+    assert solved == [1.0, 1.0, 1.0], lines
