@@ -339,7 +339,7 @@ class SearchPipeline:
             output.curves.append(curve)
         output.sequences = torch.stack(sequences)
         if output_type == "text":
-            output.texts = [str(chain.decode(result.x[:1])[0]) for chain, (result, _) in zip(chains, found)]
+            output.texts = [str(result.samples[0]) for result, _ in found]  # decoded by the search
         return output if return_dict else (output.sequences, output.texts)
 
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipelines.search_pipeline import SearchPipeline  # noqa: E402
 from pipelines.text import load_text_pipeline, text_chains  # noqa: E402
+from pipelines.text_cli import bundled_defaults  # noqa: E402
 from rewards.list_tasks import TASKS, ListTaskVerifier, random_example, solve  # noqa: E402
 from samplers.masked import ConfidenceThreshold, EntropyBounded, LowConfidence, RandomOrder, ReMDM  # noqa: E402
 
@@ -90,21 +91,28 @@ def accuracy_table(pipe, prompts, block: int, gen_length: int) -> list[dict]:
     return rows
 
 
-def search_table(pipe, prompts, block: int, gen_length: int, particles: int) -> list[dict]:
-    verifier = ListTaskVerifier()
+def search_runs(pipe, reward, prompts: list[str], block: int, gen_length: int, particles: int, first: str):
+    """(label, output) of the three searches compared at temperature 1, half a block per step: one sample
+    (labelled ``first``), best-of-``particles`` and SMC with ``particles`` particles (the same NFE)."""
     call = {
         "gen_length": gen_length,
         "block_length": block,
         "num_inference_steps": block // 2,
         "temperature": 1.0,
     }
-    rows = []
-    for label, method, size in (("best-of-1", "bon", 1), (f"best-of-{particles}", "bon", particles),
+    for label, method, size in ((first, "bon", 1), (f"best-of-{particles}", "bon", particles),
                                 (f"SMC, {particles} particles", "smc", particles)):  # fmt: skip
-        searcher = SearchPipeline.from_pipeline(pipe, method, verifier, particles=size)
+        searcher = SearchPipeline.from_pipeline(pipe, method, reward, particles=size)
         generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
-        out = searcher([p for _, p in prompts], generator=generators, **call)
-        correct = [float(verifier([t], [p])[0]) for t, (_, p) in zip(out.texts, prompts, strict=True)]
+        yield label, searcher(prompts, generator=generators, **call)
+
+
+def search_table(pipe, prompts, block: int, gen_length: int, particles: int) -> list[dict]:
+    verifier = ListTaskVerifier()
+    texts = [p for _, p in prompts]
+    rows = []
+    for label, out in search_runs(pipe, verifier, texts, block, gen_length, particles, "best-of-1"):
+        correct = [float(verifier([t], [p])[0]) for t, p in zip(out.texts, texts, strict=True)]
         per_task = {
             t: statistics.fmean(c for c, (task, _) in zip(correct, prompts) if task == t) for t in TASKS
         }
@@ -127,17 +135,8 @@ def steering_table(pipe, block: int, gen_length: int, particles: int, count: int
     similarity = SentenceSimilarity(target=target)
     g = torch.Generator().manual_seed(HELD_OUT_SEED + 1)
     prompts = [random_example(g, "add")[0] for _ in range(count)]  # the task the model is unsure of
-    call = {
-        "gen_length": gen_length,
-        "block_length": block,
-        "num_inference_steps": block // 2,
-        "temperature": 1.0,
-    }
     rows = []
-    for label, method, size in (("no search", "bon", 1), (f"best-of-{particles}", "bon", particles),
-                                (f"SMC, {particles} particles", "smc", particles)):  # fmt: skip
-        searcher = SearchPipeline.from_pipeline(pipe, method, similarity, particles=size)
-        out = searcher(prompts, generator=[torch.Generator().manual_seed(i) for i in range(count)], **call)
+    for label, out in search_runs(pipe, similarity, prompts, block, gen_length, particles, "no search"):
         sims = similarity(out.texts, prompts).tolist()
         example = f"{prompts[0]} -> {out.texts[0]}"
         rows.append(
@@ -162,11 +161,9 @@ def main() -> None:
     torch.set_num_threads(1)
 
     pipe = load_text_pipeline()
-    block, gen_length = pipe.scheduler.config.block_length, pipe.model.config.gen_length
-    from pipelines.text_cli import bundled_defaults
-
     defaults = bundled_defaults()
-    block, gen_length = defaults.get("block_length", block), defaults.get("gen_length", gen_length)
+    block = defaults.get("block_length", pipe.scheduler.config.block_length)
+    gen_length = defaults.get("gen_length", pipe.model.config.gen_length)
     prompts = prompts_per_task(args.per_task)
     assert all(solve(p) for _, p in prompts)
     accuracy = accuracy_table(pipe, prompts, block, gen_length)

@@ -143,9 +143,9 @@ class MaskedDiffusionChain:
         """(state with the model call cached, look-ahead tokens: the masked positions it sees, filled)."""
         if state.step >= self.steps:
             return state, state.x
-        if state.cached is None and self.context == "window" and self._idle(state.x, state.step):
-            return state, state.x  # nothing to commit, and no mask in the model's view: no call
         if state.cached is None:
+            if self.context == "window" and self._idle(state.x, state.step, self._frozen(state.x)):
+                return state, state.x  # nothing to commit, and no mask in the model's view: no call
             logits = self._logits(state.x, self._window(state.step))
             fill = self._fill(state.x, logits, state.step)
             state = ChainState(state.solver, DenoiserOutput(x0=fill, eps=logits))
@@ -158,8 +158,8 @@ class MaskedDiffusionChain:
         block, within = self.layout.block_of_step(i)
         tokens = state.x
         span = self.layout.block_slice(block)
-        frozen = self.finished(tokens) if self.eos_stop else None
-        if self._idle(tokens, i):  # the block is done (or every row finished): no model call
+        frozen = self._frozen(tokens)
+        if self._idle(tokens, i, frozen):  # the block is done (or every row finished): no model call
             # the model's output on unchanged tokens stays valid where its view does not change
             carried = state.cached if self.context == "full" else None
             return ChainState(SolverState(x=tokens, step=i + 1), carried)
@@ -232,12 +232,16 @@ class MaskedDiffusionChain:
         before = torch.arange(region.shape[1], device=tokens.device) < first.unsqueeze(-1)
         return has_eos & ~((region == self.mask_token_id) & before).any(-1)
 
-    def _idle(self, tokens: torch.Tensor, step: int) -> bool:
-        """Whether step ``step`` has nothing to commit: no unfinished row has a mask in its block."""
+    def _frozen(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """The finished rows (B,) when ``eos_stop``, else None."""
+        return self.finished(tokens) if self.eos_stop else None
+
+    def _idle(self, tokens: torch.Tensor, step: int, frozen: torch.Tensor | None) -> bool:
+        """Whether step ``step`` has nothing to commit: no row outside ``frozen`` has a mask in its block."""
         block, _ = self.layout.block_of_step(step)
         masked = tokens[:, self.layout.block_slice(block)] == self.mask_token_id
-        if self.eos_stop:
-            masked = masked & ~self.finished(tokens).unsqueeze(-1)
+        if frozen is not None:
+            masked = masked & ~frozen.unsqueeze(-1)
         return not bool(masked.any())
 
     def _generated_positions(self, device: torch.device) -> torch.Tensor:
