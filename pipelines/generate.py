@@ -349,26 +349,27 @@ def video_formats(opts: GenerateOptions) -> tuple[str, ...] | None:
     return tuple(f for f in VIDEO_FORMATS if f == "gif" or f in names)
 
 
-def check_video_options(opts: GenerateOptions) -> None:
-    """Check the video flags that need no model (before it loads); ``UsageError`` if bad."""
-    video_formats(opts)
+def check_video_options(opts: GenerateOptions) -> tuple[str, ...] | None:
+    """Check the video flags that need no model (before it loads); ``UsageError`` if bad. Returns
+    :func:`video_formats`."""
+    formats = video_formats(opts)
     if opts.num_frames is not None and opts.num_frames < 1:
         raise UsageError(f"--num-frames must be >= 1, got {opts.num_frames}")
     if opts.fps is not None and not (math.isfinite(opts.fps) and opts.fps > 0):
         raise UsageError(f"--fps must be a positive number, got {opts.fps}")
+    return formats
 
 
 def _video_settings(opts: GenerateOptions, model) -> dict[str, Any]:
     """A video model's per-job video settings (num_frames, fps, video_formats); {} for an image model,
     which refuses the video flags."""
-    formats = video_formats(opts)
+    formats = check_video_options(opts)
     if not getattr(model, "is_video", False):
         flags = {"--num-frames": opts.num_frames, "--fps": opts.fps, "--video-format": opts.video_formats}
         given = [flag for flag, value in flags.items() if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)}: only for video models; {model.name} makes images")
         return {}
-    check_video_options(opts)
     return {
         "num_frames": opts.num_frames,  # None: the pipeline's default (the manifest records the count made)
         "fps": float(opts.fps if opts.fps is not None else model.default_fps),
