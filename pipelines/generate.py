@@ -503,6 +503,11 @@ class _Processes:
         if self.state:
             self.state.wait_for_everyone()
 
+    def close(self) -> None:
+        """Tear the process group down before exit: gloo's threads abort the process if left running."""
+        if self.state:
+            self.state.destroy_process_group()
+
     def gather(self, value: float) -> list[float]:
         """``value`` from every process (all processes must call this)."""
         if not self.state:
@@ -606,6 +611,13 @@ def _write_grid(root: Path, prompt_index: int, count: int) -> None:
 def generate(opts: GenerateOptions) -> dict[str, Any]:
     """Run a batch generation; returns counts and timing. ``UsageError`` before anything is written."""
     procs = _Processes()
+    try:
+        return _generate_with(procs, opts)
+    finally:
+        procs.close()
+
+
+def _generate_with(procs: _Processes, opts: GenerateOptions) -> dict[str, Any]:
     if opts.quiet:
         from diffusers.utils import logging as diffusers_logging
 
