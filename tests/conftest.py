@@ -27,3 +27,20 @@ def schedule() -> DiscreteVPSchedule:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    """A tiny random masked LM (``BertForMaskedLM``) and its word-level tokenizer (tests/tiny_text.py)."""
+    from tiny_text import tiny_masked_lm, tiny_tokenizer
+
+    return tiny_masked_lm(), tiny_tokenizer()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one intra-op torch thread (tests/threads.py): ``pytestmark = usefixtures(...)``."""
+    from threads import one_thread
+
+    with one_thread():
+        yield

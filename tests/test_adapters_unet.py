@@ -7,7 +7,6 @@ from collections.abc import Callable
 import pytest
 import torch
 from counting import Brightness
-from threads import one_thread
 from tiny_pipelines import CALL_KWARGS, tiny_animatediff, tiny_sd, tiny_sdxl
 
 import search
@@ -39,10 +38,7 @@ def pipes() -> dict:
     return {name: make() for name, make in FACTORIES.items()}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _chain(pipe, name: str, **kw) -> SolverChain:

@@ -8,17 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from threads import one_thread
 
 from pipelines.cli import main
 from pipelines.generate import image_seed
 from search.registry import SEARCH_METHODS
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def generate(out: Path, *args: str) -> int:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from threads import one_thread
 
 from pipelines import generate as generate_module
 from pipelines.cli import main
@@ -23,10 +22,7 @@ WAN = ("--prompt", "a cat", "--prompt", "a dog", "--num-images", "2", "--steps",
        "--num-frames", "5")  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

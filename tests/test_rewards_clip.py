@@ -72,10 +72,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyCLIPs:
     return TinyCLIPs(root, f"local-dir:{local}", f"local-dir:{custom}", arch, root / "hps.pt", root / "hf")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_pils(n: int, size: tuple[int, int], seed: int = 0) -> list[Image.Image]:

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from counting import Brightness, VideoBrightness
-from threads import one_thread
 from tiny_pipelines import CALL_KWARGS, EXPECTED_SHAPES, PIPELINES, tiny_sd
 
 from pipelines.search_pipeline import SearchPipeline
@@ -29,10 +28,7 @@ def case(request):
     return name, pipe, kwargs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class NetworkCalls:

@@ -11,7 +11,6 @@ import pytest
 import torch
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
-from threads import one_thread
 
 from pipelines.video import VIDEO_EXTRA_HINT, gif_delay_ms, write_video
 
@@ -19,10 +18,7 @@ F, H, W = 5, 16, 24
 HAS_IMAGEIO = importlib.util.find_spec("imageio") is not None and importlib.util.find_spec("imageio_ffmpeg")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _video(seed: int = 0, frames: int = F, height: int = H, width: int = W) -> np.ndarray:
