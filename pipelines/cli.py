@@ -327,6 +327,20 @@ def _add_text(sub) -> None:
     text.add_argument("--threshold", type=float, default=0.9, help="the threshold policy's confidence")
     text.add_argument("--entropy-bound", type=float, default=0.5, help="the entropy policy's bound")
     text.add_argument("--remask-eta", type=float, default=0.0, help="ReMDM remasking cap (0: off)")
+    text.add_argument(
+        "--adaptive-blocks",
+        action="store_true",
+        help="AdaBlock: size each block up to a confident delimiter (full context)",
+    )
+    text.add_argument(
+        "--delimiter",
+        dest="delimiters",
+        action="append",
+        metavar="TOKEN",
+        help="an AdaBlock delimiter token (repeatable; default: newline and EOS)",
+    )
+    text.add_argument("--delimiter-threshold", type=float, default=0.3,
+                      help="AdaBlock's delimiter confidence threshold (default 0.3)")  # fmt: skip
     text.add_argument("--gen-length", type=int, default=None, help="generated tokens")
     text.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block size")
     text.add_argument("--steps", type=int, default=None, help="steps per block (default: block length)")

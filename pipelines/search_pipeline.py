@@ -46,7 +46,7 @@ __all__ = ["OUTPUT_TYPES", "SearchPipeline", "SearchPipelineOutput", "TextSearch
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 #: LLaDA2Pipeline arguments a text search takes (:func:`pipelines.text.text_chains`)
-_TEXT_OPTIONS = frozenset({"gen_length", "block_length", "temperature", "threshold"})
+_TEXT_OPTIONS = frozenset({"gen_length", "block_length", "temperature", "threshold", "adaptive_blocks"})
 #: methods that search over a chain's initial Gaussian noise (not for text, which starts from all masks)
 NOISE_SPACE_METHODS = frozenset({"zero-order", "evo"})
 #: further arguments of the pipelines' ``__call__`` that searches take (passed on to the adapters)
@@ -304,6 +304,9 @@ class SearchPipeline:
         prompt (:func:`pipelines.text.text_chains`: each prompt as the pipeline makes it on its own)."""
         output_type = "text" if output_type in (None, "pil") else output_type
         steps = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
+        if search is None and "adaptive_blocks" in pipe_kwargs:
+            raise ValueError("adaptive_blocks needs a search (LLaDA2Pipeline's block loop is fixed); "
+                             "pipelines.text.run_chains samples such chains without one")  # fmt: skip
         if search is None:
             return self.pipe(prompt, generator=generator, output_type=output_type, return_dict=return_dict,
                              **steps, **pipe_kwargs)  # fmt: skip

@@ -8,7 +8,10 @@
 * :func:`text_chains` -- one :class:`search.masked_chain.MaskedDiffusionChain` per prompt, with the
   pipeline's model, tokenizer and scheduler settings and its window context, so that a chain's run is the
   pipeline's run token for token; the chains share one model call (:class:`search.lockstep.RowwiseFunction`),
-  so searches on several prompts run side by side batch their particles.
+  so searches on several prompts run side by side batch their particles. With ``adaptive_blocks``
+  (:class:`samplers.masked.AdaBlock`, built by :func:`adablock_for`) the chains size their blocks as they
+  go, in full context -- something ``LLaDA2Pipeline``'s fixed block loop cannot host, so such chains are
+  run directly (:func:`run_chains`) or searched.
 """
 
 from __future__ import annotations
@@ -20,11 +23,18 @@ from typing import Any
 
 import torch
 
-from samplers.masked import ConfidenceThreshold, ReMDM, UnmaskingPolicy, make_policy
+from samplers.masked import AdaBlock, ConfidenceThreshold, ReMDM, UnmaskingPolicy, make_policy
 from search.lockstep import RowwiseFunction
 from search.masked_chain import MaskedDiffusionChain
 
-__all__ = ["TEXT_MODEL", "load_text_pipeline", "scheduler_policy", "text_chains"]
+__all__ = [
+    "TEXT_MODEL",
+    "adablock_for",
+    "load_text_pipeline",
+    "run_chains",
+    "scheduler_policy",
+    "text_chains",
+]
 
 TEXT_MODEL = Path(__file__).resolve().parent / "assets" / "text"
 
@@ -40,8 +50,9 @@ def load_text_pipeline(
     """``LLaDA2Pipeline(model, MaskedDiffusionScheduler(policy=...), tokenizer)`` for a masked-diffusion LM
     (default: the bundled tiny model). ``scheduler_options`` go to the scheduler (``threshold``,
     ``entropy_bound``, ``remask_eta``, ...). Raises ``ValueError`` for a tokenizer without a mask token."""
+    import transformers
     from diffusers import LLaDA2Pipeline
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from samplers.masked_scheduler import MaskedDiffusionScheduler
 
@@ -49,7 +60,7 @@ def load_text_pipeline(
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.mask_token_id is None:
         raise ValueError(f"{path}: the tokenizer has no mask token; masked diffusion needs one")
-    loader = AutoModelForCausalLM if trust_remote_code and _remote_causal(path) else AutoModelForMaskedLM
+    loader = getattr(transformers, _remote_auto_class(path) if trust_remote_code else "AutoModelForMaskedLM")
     network = loader.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
     scheduler = MaskedDiffusionScheduler(policy=policy, **scheduler_options)
     pipe = LLaDA2Pipeline(model=network, scheduler=scheduler, tokenizer=tokenizer)
@@ -57,13 +68,19 @@ def load_text_pipeline(
     return pipe.to(device) if device is not None else pipe
 
 
-def _remote_causal(path: str) -> bool:
-    """Whether a remote-code model registers a causal-LM class (LLaDA2, LLaDA: ``AutoModelForCausalLM``)."""
+#: Auto classes a remote-code model may register its model under, in the order they are preferred
+_REMOTE_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModel")
+
+
+def _remote_auto_class(path: str) -> str:
+    """The auto class to load a remote-code model with: the first of :data:`_REMOTE_AUTO_CLASSES` its
+    ``auto_map`` names (LLaDA, LLaDA2: ``AutoModelForCausalLM``; some diffusion LMs only ``AutoModel``) --
+    each auto class loads only what its own ``auto_map`` key names."""
     config = Path(path) / "config.json"
     if not config.is_file():
-        return True  # a hub id with remote code: LLaDA-style models load as causal LMs
+        return "AutoModelForCausalLM"  # a hub id with remote code: LLaDA-style models load as causal LMs
     auto_map = json.loads(config.read_text()).get("auto_map", {})
-    return "AutoModelForCausalLM" in auto_map or "AutoModel" in auto_map
+    return next((name for name in _REMOTE_AUTO_CLASSES if name in auto_map), "AutoModelForMaskedLM")
 
 
 def scheduler_policy(scheduler: Any, threshold: float | None = None) -> tuple[UnmaskingPolicy, ReMDM | None]:
@@ -91,11 +108,13 @@ def text_chains(
     remasking: ReMDM | None | type[Ellipsis] = ...,
     lookahead: str = "argmax",
     max_batch: int | None = None,
+    adaptive_blocks: AdaBlock | None = None,
 ) -> list[MaskedDiffusionChain]:
     """One chain per prompt for an ``LLaDA2Pipeline``: its model, tokenizer (prompts encoded as the pipeline
     does without a chat template), mask and EOS tokens, its scheduler's policy (or ``policy``), block length
     (``block_length`` or the scheduler's), ``num_inference_steps`` per block and ``temperature``, in the
-    pipeline's window context; the chains share one model call (merged when searched side by side)."""
+    pipeline's window context (full context with ``adaptive_blocks``); the chains share one model call
+    (merged when searched side by side)."""
     tokenizer = pipe.tokenizer
     block_length = block_length or pipe.scheduler.config.block_length
     steps = min(num_inference_steps, gen_length)  # the pipeline's cap (gen_length // minimal_topk, topk 1)
@@ -128,7 +147,8 @@ def text_chains(
             policy=chosen,
             temperature=temperature,
             remasking=remasking,
-            context="window",
+            context="window" if adaptive_blocks is None else "full",
+            adaptive_blocks=adaptive_blocks,
             lookahead=lookahead,
             decode_fn=decode,
             max_batch=max_batch,
@@ -136,3 +156,35 @@ def text_chains(
         )
         for prompt in prompts
     ]
+
+
+def adablock_for(tokenizer: Any, delimiters: Sequence[str] | None = None, threshold: float = 0.3) -> AdaBlock:
+    """AdaBlock with the tokenizer's ids of ``delimiters`` (tokens; default: a newline where the vocabulary
+    has one as a single token -- the paper's choice -- and the EOS token). ``ValueError`` for a delimiter
+    that is not a single token."""
+    if delimiters is None:
+        newline = tokenizer.encode("\n", add_special_tokens=False)
+        ids = ([newline[0]] if len(newline) == 1 and newline[0] != tokenizer.unk_token_id else []) + (
+            [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        )
+    else:
+        ids = []
+        for token in delimiters:
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if token_id is None or token_id == tokenizer.unk_token_id:
+                raise ValueError(f"delimiter {token!r} is not a token of the vocabulary")
+            ids.append(token_id)
+    if not ids:
+        raise ValueError("no delimiter token: give some (e.g. a newline or the EOS token)")
+    return AdaBlock(tuple(ids), threshold=threshold)
+
+
+def run_chains(chains: Sequence[MaskedDiffusionChain], generators: Sequence[torch.Generator]) -> list[str]:
+    """Each chain run once from its prior with its own generator (no search): the decoded texts."""
+    texts = []
+    for chain, generator in zip(chains, generators, strict=True):
+        state = chain.prior(1)
+        while state.step < chain.steps:
+            state = chain.step(state, generator)
+        texts.extend(chain.decode(state.x))
+    return texts

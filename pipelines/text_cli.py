@@ -4,9 +4,11 @@ The model is the bundled tiny masked-diffusion model (``pipelines/assets/text``,
 ``sort : 3 1 2 =``) unless ``--model`` names another (a hub id or directory; ``--trust-remote-code`` for
 LLaDA-style models). It runs in diffusers' ``LLaDA2Pipeline`` with our stateless
 :class:`samplers.masked_scheduler.MaskedDiffusionScheduler` (``--policy``: ``low-confidence``, ``random``,
-``threshold``, ``entropy``; ``--remask-eta`` for ReMDM). Sample j of prompt i draws from its own generator,
-seeded by (``--seed``, i, j). With ``--search METHOD --reward NAME`` each sample is the result of a search
-(:class:`pipelines.search_pipeline.SearchPipeline`; all samples searched side by side, sharing model calls).
+``threshold``, ``entropy``; ``--remask-eta`` for ReMDM; ``--adaptive-blocks`` for AdaBlock's block
+sizes, which the pipeline's fixed block loop cannot host, so those samples come from our chain). Sample j of
+prompt i draws from its own generator, seeded by (``--seed``, i, j). With ``--search METHOD --reward NAME``
+each sample is the result of a search (:class:`pipelines.search_pipeline.SearchPipeline`; all samples
+searched side by side, sharing model calls).
 Prints one line per sample; ``--out FILE`` also writes one JSON line per sample.
 """
 
@@ -35,6 +37,9 @@ class TextOptions:
     threshold: float = 0.9
     entropy_bound: float = 0.5
     remask_eta: float = 0.0
+    adaptive_blocks: bool = False
+    delimiters: Sequence[str] | None = None  # AdaBlock's; None: newline and EOS
+    delimiter_threshold: float = 0.3
     gen_length: int | None = None  # None: the bundled model's training length, else 64
     block_length: int | None = None  # None: the bundled model's, else gen_length
     steps: int | None = None  # refinement steps per block; None: one token per step
@@ -96,6 +101,10 @@ def _check(opts: TextOptions) -> None:
             raise UsageError(f"{flag} must be >= 1, got {value}")
     if opts.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {opts.temperature}")
+    if not opts.adaptive_blocks and opts.delimiters:
+        raise UsageError("--delimiter needs --adaptive-blocks")
+    if opts.adaptive_blocks and opts.remask_eta > 0:
+        raise UsageError("--remask-eta follows a fixed block schedule; it does not go with --adaptive-blocks")
     if opts.search is None and (opts.reward is not None or opts.max_nfe is not None):
         raise UsageError("--reward and --max-nfe need --search")
     if opts.search is not None and opts.reward is None:
@@ -109,7 +118,7 @@ def run_text(opts: TextOptions) -> list[dict[str, Any]]:
     from .generate import image_seed
     from .score import ScoreOptions, build_reward, parse_option
     from .search_pipeline import NOISE_SPACE_METHODS, SearchPipeline
-    from .text import load_text_pipeline
+    from .text import adablock_for, load_text_pipeline, run_chains, text_chains
 
     _check(opts)
     prompts = _prompts(opts)
@@ -150,8 +159,17 @@ def run_text(opts: TextOptions) -> list[dict[str, Any]]:
     generators = [torch.Generator().manual_seed(image_seed(opts.seed, i, j)) for i, j, _ in jobs]
     call = {"gen_length": gen_length, "block_length": block_length, "num_inference_steps": steps,
             "temperature": opts.temperature}  # fmt: skip
+    if opts.adaptive_blocks:
+        try:
+            call["adaptive_blocks"] = adablock_for(pipe.tokenizer, opts.delimiters, opts.delimiter_threshold)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     records = []
-    if opts.search is None:
+    if opts.search is None and opts.adaptive_blocks:
+        chains = text_chains(pipe, [p for _, _, p in jobs], **call)
+        for (i, j, prompt), text in zip(jobs, run_chains(chains, generators), strict=True):
+            records.append({"prompt_index": i, "sample_index": j, "prompt": prompt, "text": text})
+    elif opts.search is None:
         for (i, j, prompt), g in zip(jobs, generators, strict=True):
             out = pipe(prompt, generator=g, editing_threshold=None, **call)
             records.append({"prompt_index": i, "sample_index": j, "prompt": prompt, "text": out.texts[0]})
@@ -165,9 +183,12 @@ def run_text(opts: TextOptions) -> list[dict[str, Any]]:
         for k, (i, j, prompt) in enumerate(jobs):
             records.append({"prompt_index": i, "sample_index": j, "prompt": prompt, "text": out.texts[k],
                             "reward": out.scores[k], "nfe": out.nfe[k], "curve": out.curves[k]})  # fmt: skip
+    ada = call.get("adaptive_blocks")
     settings = {"model": opts.model or "bundled", "policy": opts.policy, "gen_length": gen_length,
                 "block_length": block_length, "steps": steps, "temperature": opts.temperature,
-                "seed": opts.seed, "search": opts.search,
+                "seed": opts.seed, "search": opts.search, "adaptive_blocks": opts.adaptive_blocks,
+                "delimiters": pipe.tokenizer.convert_ids_to_tokens(list(ada.delimiter_ids)) if ada else None,
+                "delimiter_threshold": opts.delimiter_threshold if opts.adaptive_blocks else None,
                 "particles": opts.particles if opts.search else None, "reward_name": opts.reward}  # fmt: skip
     for record in records:
         record["settings"] = settings

@@ -8,14 +8,21 @@ space-separated tokens; digits are single tokens ``0``-``9``. The tasks (:data:`
 * ``sort``: ``"sort : 3 1 2 ="`` -> ``"1 2 3"`` (ascending, repeats kept);
 * ``add``: two non-negative integers written digit by digit, most significant digit first, separated by
   ``+``: ``"add : 4 7 + 5 ="`` means 47 + 5 and its answer is ``"5 2"`` (the sum, digit by digit, no
-  leading zeros).
+  leading zeros);
+* ``shuffle``: ``"shuffle : 3 1 2 ="`` -> any ordering of ``3 1 2`` (ParallelBench's shuffle): the one task
+  with several correct answers (:data:`ANY_ORDER_TASKS`). Its tokens must agree with each other -- every
+  position's marginal is uniform over the operands, so committing several positions at once from their
+  marginals repeats operands -- which is what makes parallel decoding cost accuracy (Kang et al. 2025,
+  "ParallelBench").
 
-:func:`make_prompt` writes a prompt, :func:`solve` gives the exact expected answer of any well-formed
-prompt (``ValueError`` otherwise), and :func:`random_example` draws a (prompt, answer) pair from the
-training distribution: lists of :data:`LIST_LENGTHS` digits, summands of :data:`ADD_DIGITS` digits.
+:func:`make_prompt` writes a prompt, :func:`solve` gives the expected answer of any well-formed prompt
+(``ValueError`` otherwise; for ``shuffle`` the operands in prompt order, one correct answer of many),
+:func:`is_correct` checks an answer, and :func:`random_example` draws a (prompt, answer) pair from the
+training distribution: lists of :data:`LIST_LENGTHS` digits (a uniformly random ordering as the ``shuffle``
+answer), summands of :data:`ADD_DIGITS` digits.
 
-:class:`ListTaskVerifier` is the reward: 1.0 where a generated text's answer equals ``solve(prompt)``. It
-reads generated text the way a masked-diffusion model writes it (the bundled ``pipelines/assets/text``
+:class:`ListTaskVerifier` is the reward: 1.0 where a generated text's answer is correct (:func:`is_correct`).
+It reads generated text the way a masked-diffusion model writes it (the bundled ``pipelines/assets/text``
 model, ``scripts/train_tiny_text.py``): an answer followed by ``[EOS]`` padding, possibly preceded by the
 prompt itself and by ``[PAD]`` tokens.
 """
@@ -31,6 +38,7 @@ from .text import VerifierReward
 
 __all__ = [
     "ADD_DIGITS",
+    "ANY_ORDER_TASKS",
     "EOS",
     "LIST_LENGTHS",
     "MASK",
@@ -41,12 +49,15 @@ __all__ = [
     "VOCAB",
     "ListTaskVerifier",
     "extract_answer",
+    "is_correct",
     "make_prompt",
     "random_example",
     "solve",
 ]
 
-TASKS = ("copy", "reverse", "sort", "add")
+TASKS = ("copy", "reverse", "sort", "add", "shuffle")
+#: Tasks whose answer may list the operands in any order.
+ANY_ORDER_TASKS = ("shuffle",)
 #: Inclusive range of list lengths drawn by :func:`random_example` for copy / reverse / sort.
 LIST_LENGTHS = (2, 8)
 #: Inclusive range of the number of digits of each summand drawn by :func:`random_example` for add.
@@ -56,7 +67,7 @@ PAD, UNK, MASK, EOS = "[PAD]", "[UNK]", "[MASK]", "[EOS]"
 SPECIAL_TOKENS = (PAD, UNK, MASK, EOS)
 DIGITS = tuple(str(d) for d in range(10))
 #: The whole word-level vocabulary, in id order (special tokens first, so ``[PAD]`` is id 0).
-VOCAB = (*SPECIAL_TOKENS, *DIGITS, ":", "=", "+", *TASKS)
+VOCAB = (*SPECIAL_TOKENS, *DIGITS, ":", "=", "+", *TASKS)  # new tasks go last: earlier ids never change
 
 
 def _digits_of(number: int) -> list[str]:
@@ -113,10 +124,10 @@ def parse_prompt(prompt: str) -> tuple[str, list[int]]:
 
 
 def solve(prompt: str) -> str:
-    """The exact expected answer of ``prompt``: space-separated tokens, e.g. ``"1 2 3"``; ValueError for a
-    malformed prompt."""
+    """The expected answer of ``prompt``: space-separated tokens, e.g. ``"1 2 3"`` (for ``shuffle`` the
+    operands in prompt order, one of its correct answers); ValueError for a malformed prompt."""
     task, numbers = parse_prompt(prompt)
-    if task == "copy":
+    if task in ("copy", "shuffle"):
         answer = numbers
     elif task == "reverse":
         answer = numbers[::-1]
@@ -125,6 +136,18 @@ def solve(prompt: str) -> str:
     else:
         answer = [int(d) for d in str(numbers[0] + numbers[1])]
     return " ".join(map(str, answer))
+
+
+def is_correct(prompt: str, answer: str) -> bool:
+    """Whether ``answer`` (space-separated tokens, whitespace-insensitive) is a correct answer of ``prompt``:
+    equal to :func:`solve`'s, or for :data:`ANY_ORDER_TASKS` any ordering of it."""
+    return _matches(parse_prompt(prompt)[0], solve(prompt), answer)
+
+
+def _matches(task: str, expected: str, answer: str) -> bool:
+    if task in ANY_ORDER_TASKS:
+        return sorted(answer.split()) == sorted(expected.split())
+    return answer.split() == expected.split()
 
 
 def _randint(generator: torch.Generator | random.Random, low: int, high: int) -> int:
@@ -139,7 +162,8 @@ def _randint(generator: torch.Generator | random.Random, low: int, high: int) ->
 def random_example(generator: torch.Generator | random.Random, task: str | None = None) -> tuple[str, str]:
     """A random ``(prompt, answer)``; the task is uniform over :data:`TASKS` when ``task`` is None.
 
-    copy / reverse / sort: a list of uniform digits, its length uniform in :data:`LIST_LENGTHS`. add: two
+    copy / reverse / sort / shuffle: a list of uniform digits, its length uniform in :data:`LIST_LENGTHS`
+    (shuffle's answer: a uniformly random ordering of it, Fisher-Yates with the same generator). add: two
     summands, each with a number of digits uniform in :data:`ADD_DIGITS` and then uniform among the
     integers of that many digits (0-9 for one digit)."""
     if task is None:
@@ -155,6 +179,11 @@ def random_example(generator: torch.Generator | random.Random, task: str | None 
     else:
         numbers = [_randint(generator, 0, 9) for _ in range(_randint(generator, *LIST_LENGTHS))]
     prompt = make_prompt(task, numbers)
+    if task == "shuffle":
+        for i in range(len(numbers) - 1, 0, -1):
+            j = _randint(generator, 0, i)
+            numbers[i], numbers[j] = numbers[j], numbers[i]
+        return prompt, " ".join(map(str, numbers))
     return prompt, solve(prompt)
 
 
@@ -169,7 +198,8 @@ def extract_answer(text: str) -> str:
 
 
 class ListTaskVerifier(VerifierReward):
-    """1.0 where the generated text's answer equals ``solve(prompt)``, else 0.0.
+    """1.0 where the generated text's answer is correct (:func:`is_correct`: equal to ``solve(prompt)``, or
+    any ordering of it for ``shuffle``), else 0.0.
 
     Args:
         prompt: a fixed task prompt for every sample; ``None`` (default) takes each sample's prompt from the
@@ -182,14 +212,15 @@ class ListTaskVerifier(VerifierReward):
     ``"sort : 3 1 2 = 1 2 3"`` all match the prompt ``"sort : 3 1 2 ="``.
     """
 
-    scale = "1.0 where the generated answer (cut at [EOS]) exactly equals the task's answer, else 0.0"
+    scale = "1.0 where the answer (cut at [EOS]) is correct (exact; any order for shuffle), else 0.0"
     reference_kind = "prompt"
 
     def __init__(self, prompt: str | None = None, *, batch_size: int = 256):
         super().__init__(prompt, batch_size=batch_size)
 
-    def prepare(self, reference: str) -> str:
-        return solve(reference)
+    def prepare(self, reference: str) -> tuple[str, str]:
+        return parse_prompt(reference)[0], solve(reference)
 
     def check(self, sample: str, prepared: Any) -> bool:
-        return extract_answer(sample) == prepared
+        task, expected = prepared
+        return _matches(task, expected, extract_answer(sample))

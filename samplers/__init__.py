@@ -3,7 +3,7 @@
 from .denoiser import PREDICTION_TYPES, Denoiser, DenoiserOutput, DynamicThreshold, convert_prediction
 from .grids import GRID_KINDS, TimeGrid, make_grid
 from .interpolant import InterpolantConversion
-from .masked import POLICIES, BlockLayout, make_policy, sample_candidates
+from .masked import POLICIES, AdaBlock, BlockLayout, ReMDM, make_policy, sample_candidates
 from .masked_scheduler import MaskedDiffusionScheduler
 from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource
 from .schedulers import (
@@ -26,7 +26,9 @@ from .solvers import DDIM, DEIS, DPMSolver, DPMSolverPP, SDEDPMSolverPP, Solver,
 from .state import SolverState
 
 __all__ = [
+    "ReMDM",
     "POLICIES",
+    "AdaBlock",
     "BlockLayout",
     "MaskedDiffusionScheduler",
     "make_policy",

@@ -28,12 +28,16 @@ scheduled probability, so that later steps can revise them (more steps than toke
 Semi-autoregressive blocks (LLaDA, Sec. 2.4; LLaDA2): the sequence ``prompt + generation`` is cut into blocks
 of ``block_length`` positions counted from position 0 (as diffusers' ``LLaDA2Pipeline``), padded with masks
 to a whole number of blocks; the blocks are decoded left to right, ``steps_per_block`` steps each.
+:class:`AdaBlock` (Lu et al. 2025) sizes each block when it starts instead: up to the most confident
+predicted delimiter (a newline, a full stop, ``[EOS]``) near the decoded prefix, so blocks follow the text's
+semantic steps.
 Everything here is stateless: the state of a run is its token ids, so particle methods can index and copy it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -41,6 +45,7 @@ import torch
 
 __all__ = [
     "POLICIES",
+    "AdaBlock",
     "BlockLayout",
     "ConfidenceThreshold",
     "EntropyBounded",
@@ -77,12 +82,13 @@ def sample_candidates(
     return tokens, probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def owed_commits(masks: torch.Tensor, steps_left: int) -> torch.Tensor:
+def owed_commits(masks: torch.Tensor, steps_left: int | torch.Tensor) -> torch.Tensor:
     """Tokens a block with ``masks`` masked positions (per row) commits at a step with ``steps_left`` steps
-    left, counting this one: ceil(masks / steps_left) -- LLaDA's even split of a block over its steps."""
-    if steps_left < 1:
-        return masks.clone()
-    return torch.div(masks + steps_left - 1, steps_left, rounding_mode="floor")
+    left (an int, or per row), counting this one: ceil(masks / steps_left) -- LLaDA's even split of a block
+    over its steps; everything where ``steps_left < 1``."""
+    steps_left = torch.as_tensor(steps_left, device=masks.device)
+    owed = torch.div(masks + steps_left.clamp(min=1) - 1, steps_left.clamp(min=1), rounding_mode="floor")
+    return torch.where(steps_left < 1, masks, owed)
 
 
 @dataclass(frozen=True)
@@ -250,6 +256,49 @@ class BlockLayout:
 
 
 @dataclass(frozen=True)
+class AdaBlock:
+    """AdaBlock's adaptive block size (Lu et al. 2025, "AdaBlock-dLLM: Semantic-Aware Diffusion LLM Inference
+    via Adaptive Block Size", arXiv:2509.26432; the block-length rule of its reference decoder). When a block
+    starts at ``start`` (the first position after the decoded prefix), look at the model's candidates in a
+    window of ``window_fraction * gen_length`` positions from ``start`` (the paper's quarter by default,
+    capped by the positions left); among those whose candidate is a delimiter (``delimiter_ids``), take the
+    most confident. If its confidence is at least ``threshold`` the block ends right after it; otherwise the
+    block has the default length (capped by the positions left). Blocks count from the end of the prompt,
+    and the decision uses the same model call, candidates and confidence as the block's first commit."""
+
+    delimiter_ids: tuple[int, ...]
+    threshold: float = 0.3
+    window_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "delimiter_ids", tuple(int(i) for i in self.delimiter_ids))
+        if not self.delimiter_ids:
+            raise ValueError("AdaBlock needs at least one delimiter token id")
+        if not 0 < self.window_fraction <= 1:
+            raise ValueError(f"window_fraction must be in (0, 1], got {self.window_fraction}")
+
+    def block_end(
+        self,
+        candidates: torch.Tensor,
+        confidence: torch.Tensor,
+        start: torch.Tensor,
+        default_length: int,
+    ) -> torch.Tensor:
+        """End (exclusive, (B,)) of the blocks starting at ``start`` (B,), positions counted within the
+        generation region whose ``candidates`` and ``confidence`` (B, gen_length) are given."""
+        gen_length = candidates.shape[-1]
+        positions = torch.arange(gen_length, device=candidates.device)
+        window = max(1, int(self.window_fraction * gen_length))
+        in_window = (positions >= start.unsqueeze(-1)) & (positions < (start + window).unsqueeze(-1))
+        delimiters = torch.tensor(self.delimiter_ids, device=candidates.device)
+        is_delimiter = in_window & torch.isin(candidates, delimiters)
+        scores = confidence.to(torch.float64).masked_fill(~is_delimiter, -math.inf)
+        best_score, best = scores.max(-1)
+        default = (start + default_length).clamp(max=gen_length)
+        return torch.where(best_score >= self.threshold, best + 1, default)
+
+
+@dataclass(frozen=True)
 class ReMDM:
     """ReMDM remasking (Wang et al. 2025, eq. 7 and Sec. 4.1): at a step of the linear schedule
     alpha_t = s / k (s steps of the block's k done), every generated token already decoded is masked again
@@ -292,13 +341,15 @@ def commit_block(
     *,
     mask_token_id: int,
     policy: UnmaskingPolicy,
-    steps_left: int,
+    steps_left: int | None = None,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     frozen: torch.Tensor | None = None,
     remasking: ReMDM | None = None,
     steps: int | None = None,
     editable: torch.Tensor | None = None,
+    restrict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    tokens_per_step: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step on the active block: (new block tokens, committed positions, candidate tokens, their
     confidence). ``logits`` (B, block, V) are the model's at the block's positions, ``block_tokens``
@@ -307,7 +358,16 @@ def commit_block(
     itself. With ``remasking`` (ReMDM; ``steps``: the block's steps, ``editable``: the generated positions of
     the block, (block,) or (B, block)) decoded tokens may first be masked again. A block without masks draws
     no random numbers (so a step the caller skips and a step that finds nothing to do leave the generator
-    alike)."""
+    alike).
+
+    Variable blocks (:class:`AdaBlock`): pass the whole generation region as the block, ``restrict``
+    (called with the candidate tokens and their confidence, returning the (B, block) positions that may be
+    committed this step) and ``tokens_per_step`` k instead of ``steps_left``: a row whose active positions
+    hold m masks then has ceil(m / k) steps left (LLaDA's even split at k tokens per step)."""
+    if (steps_left is None) == (tokens_per_step is None):
+        raise ValueError("give exactly one of steps_left and tokens_per_step")
+    if remasking is not None and steps_left is None:
+        raise ValueError("ReMDM remasking follows a block's step schedule: it needs steps_left")
     block_tokens = block_tokens.clone()
     logits = logits.to(torch.float64).index_fill(
         -1, torch.tensor([mask_token_id], device=logits.device), -math.inf
@@ -328,6 +388,10 @@ def commit_block(
         temperature = 0.0
     candidates_tokens, confidence = sample_candidates(logits, temperature, generator)
     masked = masked & live
+    if restrict is not None:
+        masked = masked & restrict(candidates_tokens, confidence)
+    if tokens_per_step is not None:
+        steps_left = torch.div(masked.sum(-1) + tokens_per_step - 1, tokens_per_step, rounding_mode="floor")
     inputs = StepInputs(
         confidence=confidence.masked_fill(~masked, -math.inf),
         candidates=masked,

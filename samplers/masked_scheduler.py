@@ -16,7 +16,10 @@ commits as ``BlockRefinementScheduler`` at temperature 0), ``"low-confidence"``,
 supported: the uniform-corruption mode without a mask token (it needs per-run state) and confidence-based
 editing of committed tokens (``editing_threshold``). With ReMDM remasking (``remask_eta > 0``), decoded tokens
 masked again and not re-committed in the same step are returned in ``editing_transfer_index``, the positions
-the pipeline writes back besides the commits.
+the pipeline writes back besides the commits. AdaBlock's adaptive block sizes
+(:class:`samplers.masked.AdaBlock`) cannot be a scheduler option: the pipeline fixes the blocks before it
+calls ``step``; they run on :class:`search.masked_chain.MaskedDiffusionChain`
+(``pipelines.text.text_chains(..., adaptive_blocks=...)``).
 """
 
 from __future__ import annotations

@@ -2,14 +2,18 @@
 policy, search with the exact-match verifier, and steering by the MiniLM similarity reward.
 
 The model (``pipelines/assets/text``, ``scripts/train_tiny_text.py``) solves list tasks (copy, reverse,
-sort, add; ``rewards/list_tasks.py``). Every run is the LLaDA2Pipeline's own procedure (our stateless
-scheduler; :func:`pipelines.text.text_chains` builds the same run as a search chain), on held-out prompts
+sort, add, shuffle; ``rewards/list_tasks.py``). Every run is the LLaDA2Pipeline's own procedure (our
+stateless scheduler; :func:`pipelines.text.text_chains` builds the same run as a search chain), except the
+AdaBlock rows (full context, blocks sized as they go, which the pipeline cannot host), on held-out prompts
 drawn with a seed the training never used:
 
-1. **Accuracy vs parallelism** (ParallelBench-style): exact-match accuracy per policy and steps per block
-   (block 4: 4, 2 or 1 steps = 1, 2 or 4 tokens per step for the fixed-schedule policies; the threshold and
-   entropy policies commit as many as their rule allows, at least the schedule's count), with the mean
-   tokens committed per model call actually measured, greedy (temperature 0).
+1. **Accuracy vs parallelism** (ParallelBench-style): exact-match accuracy per policy and its parallelism
+   knob -- steps per block for the fixed-schedule policies (block 4: 4, 2 or 1 steps = 1, 2 or 4 tokens per
+   step), the threshold and the entropy bound for the adaptive ones (at 4 steps per block, so at least one
+   token per step) and for AdaBlock (``[EOS]`` as the delimiter, threshold 0.3) -- with the mean tokens
+   committed per model call actually measured, greedy (temperature 0). ``shuffle`` is the task whose tokens
+   must agree with each other (any ordering of the operands is right, each position alone is uniform over
+   them), so committing several tokens per call costs accuracy there first.
 2. **Search with the verifier**: at temperature 1 and 2 tokens per step, best-of-1 (one sample), best-of-8
    and SMC with 8 particles (the same NFE as best-of-8) scored by ``ListTaskVerifier`` (exact match), accuracy
    of the returned answer.
@@ -35,21 +39,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.search_pipeline import SearchPipeline  # noqa: E402
-from pipelines.text import load_text_pipeline, text_chains  # noqa: E402
+from pipelines.text import adablock_for, load_text_pipeline, text_chains  # noqa: E402
 from pipelines.text_cli import bundled_defaults  # noqa: E402
 from rewards.list_tasks import TASKS, ListTaskVerifier, random_example, solve  # noqa: E402
 from samplers.masked import ConfidenceThreshold, EntropyBounded, LowConfidence, RandomOrder, ReMDM  # noqa: E402
 
 HELD_OUT_SEED = 2026
-POLICIES = {
-    "low-confidence": (LowConfidence(), None),
-    "random": (RandomOrder(), None),
-    "threshold 0.9": (ConfidenceThreshold(0.9), None),
-    "threshold 0.7": (ConfidenceThreshold(0.7), None),
-    "entropy 0.1": (EntropyBounded(0.1), None),
-    "entropy 0.5": (EntropyBounded(0.5), None),
-    "low-confidence + ReMDM 0.1": (LowConfidence(), ReMDM(0.1)),
-}
+#: (policy, its knob as printed, policy object, ReMDM, steps per block as a fraction of the block, AdaBlock)
+SETTINGS = [
+    *[("low-confidence", f"{f}", LowConfidence(), None, f, False) for f in (1, 1 / 2, 1 / 4)],
+    *[("random", f"{f}", RandomOrder(), None, f, False) for f in (1, 1 / 2, 1 / 4)],
+    *[("threshold", f"{t}", ConfidenceThreshold(t), None, 1, False) for t in (0.95, 0.9, 0.7, 0.5, 0.3)],
+    *[("entropy", f"{g}", EntropyBounded(g), None, 1, False) for g in (0.1, 0.5, 1.0, 2.0)],
+    *[("low-confidence + ReMDM 0.1", f"{f}", LowConfidence(), ReMDM(0.1), f, False) for f in (1, 1 / 2)],
+    *[("AdaBlock + threshold", f"{t}", ConfidenceThreshold(t), None, 1, True) for t in (0.9, 0.7, 0.5)],
+]
+
+
+def standard_error(values: list[float]) -> float:
+    """Standard error of the mean of ``values`` (the prompts differ, so this is the spread over prompts)."""
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
 
 
 def prompts_per_task(per_task: int) -> list[tuple[str, str]]:
@@ -70,24 +79,28 @@ def run_chain(chain, generator) -> tuple[str, int, int]:
 
 def accuracy_table(pipe, prompts, block: int, gen_length: int) -> list[dict]:
     verifier = ListTaskVerifier()
+    adablock = adablock_for(pipe.tokenizer, [pipe.tokenizer.eos_token], threshold=0.3)
     rows = []
-    for name, (policy, remasking) in POLICIES.items():
-        for steps in (block, block // 2, 1):
-            correct, calls, committed, start = {t: 0 for t in TASKS}, 0, 0, time.perf_counter()
-            for task, prompt in prompts:
-                options = {"num_inference_steps": steps, "policy": policy, "remasking": remasking}
-                chain = text_chains(pipe, [prompt], gen_length=gen_length, block_length=block, **options)[0]
-                text, nfe, decoded = run_chain(chain, torch.Generator().manual_seed(0))
-                correct[task] += int(float(verifier([text], [prompt])[0]) == 1.0)
-                calls, committed = calls + nfe, committed + decoded
-            n = len(prompts) // len(TASKS)
-            rows.append(
-                {"policy": name, "steps_per_block": steps, "calls": calls / len(prompts),
-                 "tokens_per_call": committed / calls,
-                 "accuracy": {t: correct[t] / n for t in TASKS},
-                 "mean": sum(correct.values()) / len(prompts), "seconds": time.perf_counter() - start}
-            )  # fmt: skip
-            print(rows[-1], flush=True)
+    for name, knob, policy, remasking, fraction, adaptive in SETTINGS:
+        steps = max(1, round(block * fraction))
+        if name in ("low-confidence", "random") or name.endswith("ReMDM 0.1"):
+            knob = f"{steps} step{'s' if steps > 1 else ''} / block"
+        correct, calls, committed, start = {t: 0 for t in TASKS}, 0, 0, time.perf_counter()
+        for task, prompt in prompts:
+            options = {"num_inference_steps": steps, "policy": policy, "remasking": remasking,
+                       "adaptive_blocks": adablock if adaptive else None}  # fmt: skip
+            chain = text_chains(pipe, [prompt], gen_length=gen_length, block_length=block, **options)[0]
+            text, nfe, decoded = run_chain(chain, torch.Generator().manual_seed(0))
+            correct[task] += int(float(verifier([text], [prompt])[0]) == 1.0)
+            calls, committed = calls + nfe, committed + decoded
+        n = len(prompts) // len(TASKS)
+        rows.append(
+            {"policy": name, "knob": knob, "calls": calls / len(prompts),
+             "tokens_per_call": committed / calls,
+             "accuracy": {t: correct[t] / n for t in TASKS},
+             "mean": sum(correct.values()) / len(prompts), "seconds": time.perf_counter() - start}
+        )  # fmt: skip
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -121,6 +134,7 @@ def search_table(pipe, prompts, block: int, gen_length: int, particles: int) -> 
                 "method": label,
                 "nfe": statistics.fmean(out.nfe),
                 "accuracy": statistics.fmean(correct),
+                "stderr": standard_error(correct),
                 "per_task": per_task,
             }
         )
@@ -144,6 +158,7 @@ def steering_table(pipe, block: int, gen_length: int, particles: int, count: int
                 "method": label,
                 "target": target,
                 "similarity": statistics.fmean(sims),
+                "stderr": standard_error(sims),
                 "nfe": statistics.fmean(out.nfe),
                 "example": example,
             }
@@ -179,33 +194,35 @@ def main() -> None:
         "",
         "## Accuracy against tokens per model call (greedy)",
         "",
-        "| policy | steps / block | model calls | tokens / call | " + " | ".join(TASKS) + " | mean |",
+        "| policy | setting | model calls | tokens / call | " + " | ".join(TASKS) + " | mean |",
         "|---|---|---|---|" + "---|" * len(TASKS) + "---|",
     ]
     for r in accuracy:
         cells = " | ".join(f"{r['accuracy'][t]:.2f}" for t in TASKS)
-        head = f"| {r['policy']} | {r['steps_per_block']} | {r['calls']:.1f} | {r['tokens_per_call']:.2f}"
+        head = f"| {r['policy']} | {r['knob']} | {r['calls']:.1f} | {r['tokens_per_call']:.2f}"
         lines.append(f"{head} | {cells} | {r['mean']:.3f} |")
     lines += [
         "",
         f"## Search with the exact-match verifier (temperature 1, {block // 2} steps per block)",
         "",
-        "| method | NFE per prompt | accuracy | " + " | ".join(TASKS) + " |",
+        "| method | NFE per prompt | accuracy ± s.e. | " + " | ".join(TASKS) + " |",
         "|---|---|---|" + "---|" * len(TASKS),
     ]
     for r in search:
         cells = " | ".join(f"{r['per_task'][t]:.2f}" for t in TASKS)
-        lines.append(f"| {r['method']} | {r['nfe']:.0f} | {r['accuracy']:.3f} | {cells} |")
+        accuracy = f"{r['accuracy']:.3f} ± {r['stderr']:.3f}"
+        lines.append(f"| {r['method']} | {r['nfe']:.0f} | {accuracy} | {cells} |")
     lines += [
         "",
         "## Steering by the MiniLM similarity reward",
         "",
-        "| method | target | mean cosine similarity | NFE per prompt | example |",
+        "| method | target | mean cosine similarity ± s.e. | NFE per prompt | example |",
         "|---|---|---|---|---|",
     ]
     for r in steering:
         lines.append(
-            f"| {r['method']} | `{r['target']}` | {r['similarity']:.3f} | {r['nfe']:.0f} | `{r['example']}` |"
+            f"| {r['method']} | `{r['target']}` | {r['similarity']:.3f} ± {r['stderr']:.3f} | {r['nfe']:.0f} "
+            f"| `{r['example']}` |"
         )
     lines.append("")
     args.out.write_text("\n".join(lines))

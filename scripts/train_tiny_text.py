@@ -1,6 +1,7 @@
 """Train the bundled tiny masked-diffusion text model on CPU (``pipelines/assets/text``).
 
-Task family: :mod:`rewards.list_tasks` (copy / reverse / sort lists of digits, add two integers), drawn
+Task family: :mod:`rewards.list_tasks` (copy / reverse / sort / shuffle lists of digits, add two integers;
+shuffle's target is a fresh uniformly random ordering each time it is drawn), drawn
 on the fly with :func:`rewards.list_tasks.random_example`; the held-out evaluation prompts (200 per task,
 seed :data:`EVAL_SEED`) are excluded from training.
 
@@ -283,7 +284,7 @@ def evaluate(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=7000)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=300)

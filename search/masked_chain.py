@@ -22,6 +22,13 @@ the end of the active block, with absolute position ids (LLaDA2's block diffusio
 :class:`samplers.masked_scheduler.MaskedDiffusionScheduler` in the pipeline, the chain makes exactly the
 pipeline's tokens for the same generator.
 
+Adaptive blocks (``adaptive_blocks=AdaBlock(...)``, full context): each row's block is sized when it starts,
+from that step's model call (:class:`samplers.masked.AdaBlock`), and its end is kept per row in the state
+(``cond["block_end"]``, counted within the generation region), so particles carry their own blocks. A
+step commits ceil(m / k) of the block's m masks (k = ceil(block_length / steps_per_block) tokens per step),
+plus what the policy adds (the threshold policy: every confident one, AdaBlock's pairing). The run has
+``gen_length`` steps, an upper bound: once every row is done the remaining steps make no call.
+
 NFE: one per row per model call (a call on B particles costs B), charged to the chain's budget.
 """
 
@@ -35,7 +42,15 @@ from typing import Any, Literal
 import torch
 
 from samplers.denoiser import DenoiserOutput
-from samplers.masked import BlockLayout, ReMDM, UnmaskingPolicy, commit_block, make_policy, sample_candidates
+from samplers.masked import (
+    AdaBlock,
+    BlockLayout,
+    ReMDM,
+    UnmaskingPolicy,
+    commit_block,
+    make_policy,
+    sample_candidates,
+)
 from samplers.state import SolverState
 
 from .budget import Budget
@@ -65,6 +80,8 @@ class MaskedDiffusionChain:
         eos_stop: freeze rows once they have an EOS with every generated position before it filled.
         decode_fn: generated ids (list of 1-D tensors, cut at EOS) -> what rewards score (default: the ids).
         budget: where NFE are charged; max_batch: at most this many rows per model call.
+        adaptive_blocks: AdaBlock's adaptive block sizes (``block_length`` is then the default size); needs
+            ``context="full"`` and no remasking.
     """
 
     def __init__(
@@ -88,6 +105,7 @@ class MaskedDiffusionChain:
         budget: Budget | None = None,
         max_batch: int | None = None,
         device: str | torch.device = "cpu",
+        adaptive_blocks: AdaBlock | None = None,
     ):
         prompt = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(-1)
         if context not in ("full", "window"):
@@ -98,8 +116,14 @@ class MaskedDiffusionChain:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer or None, got {max_batch!r}")
+        if adaptive_blocks is not None and context != "full":
+            raise ValueError("adaptive blocks need context='full' (rows' blocks differ, so do their windows)")
+        if adaptive_blocks is not None and remasking is not None:
+            raise ValueError("ReMDM remasking follows a fixed block schedule; it does not go with AdaBlock")
         block_length = block_length or (prompt.numel() + gen_length)
         self.layout = BlockLayout(prompt.numel(), gen_length, block_length, steps_per_block or block_length)
+        self.adaptive_blocks = adaptive_blocks
+        self.tokens_per_step = -(-block_length // self.layout.steps_per_block)
         self.logits_fn = logits_fn
         self.device = torch.device(device)
         self.prompt_ids = prompt.to(self.device)
@@ -111,7 +135,7 @@ class MaskedDiffusionChain:
         self.decode_fn = decode_fn
         self.budget = budget if budget is not None else Budget()
         self.max_batch = max_batch
-        self.steps = self.layout.steps
+        self.steps = self.layout.steps if adaptive_blocks is None else gen_length
 
     # ------------------------------------------------------------------------------------------ protocol
     def trajectory_nfe(self) -> int:
@@ -137,15 +161,18 @@ class MaskedDiffusionChain:
             (n, self.layout.total_length), self.mask_token_id, dtype=torch.long, device=self.device
         )
         tokens[:, : self.layout.prompt_length] = self.prompt_ids
-        return ChainState(SolverState(x=tokens, step=0))
+        cond = {}
+        if self.adaptive_blocks is not None:  # no block yet: the first step sizes one
+            cond = {"block_end": torch.zeros(n, dtype=torch.long, device=self.device)}
+        return ChainState(SolverState(x=tokens, step=0, cond=cond))
 
     def predict(self, state: ChainState) -> tuple[ChainState, torch.Tensor]:
         """(state with the model call cached, look-ahead tokens: the masked positions it sees, filled)."""
         if state.step >= self.steps:
             return state, state.x
         if state.cached is None:
-            if self.context == "window" and self._idle(state.x, state.step, self._frozen(state.x)):
-                return state, state.x  # nothing to commit, and no mask in the model's view: no call
+            if self._view_decoded(state.x, state.step):
+                return state, state.x  # no generated position left to fill in the model's view: no call
             logits = self._logits(state.x, self._window(state.step))
             fill = self._fill(state.x, logits, state.step)
             state = ChainState(state.solver, DenoiserOutput(x0=fill, eps=logits))
@@ -157,13 +184,15 @@ class MaskedDiffusionChain:
             raise ValueError(f"the chain has {self.steps} steps; the state is already at the end")
         block, within = self.layout.block_of_step(i)
         tokens = state.x
-        span = self.layout.block_slice(block)
         frozen = self._frozen(tokens)
         if self._idle(tokens, i, frozen):  # the block is done (or every row finished): no model call
             # the model's output on unchanged tokens stays valid where its view does not change
             carried = state.cached if self.context == "full" else None
-            return ChainState(SolverState(x=tokens, step=i + 1), carried)
+            return ChainState(SolverState(x=tokens, step=i + 1, cond=state.solver.cond), carried)
         logits = state.cached.eps if state.cached is not None else self._logits(tokens, self._window(i))
+        if self.adaptive_blocks is not None:
+            return self._adaptive_step(state, logits, frozen, generator)
+        span = self.layout.block_slice(block)
         new_block, _, _, _ = commit_block(
             logits[:, span],
             tokens[:, span],
@@ -181,6 +210,48 @@ class MaskedDiffusionChain:
         tokens[:, span] = new_block
         return ChainState(SolverState(x=tokens, step=i + 1))
 
+    def _adaptive_step(
+        self,
+        state: ChainState,
+        logits: torch.Tensor,
+        frozen: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> ChainState:
+        """One step with AdaBlock's blocks: rows whose block is done size a new one from this call's
+        candidates, then every row commits within its block."""
+        span = self._generation_slice()
+        region = state.x[:, span]
+        start = self._first_masked(region)
+        end = state.solver.cond["block_end"]
+        new_end = end.clone()
+        positions = torch.arange(region.shape[1], device=region.device)
+
+        def restrict(candidates: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+            sized = self.adaptive_blocks.block_end(candidates, confidence, start, self.layout.block_length)
+            new_end.copy_(torch.where(start >= end, sized, end))
+            return (positions >= start.unsqueeze(-1)) & (positions < new_end.unsqueeze(-1))
+
+        new_region, _, _, _ = commit_block(
+            logits[:, span],
+            region,
+            mask_token_id=self.mask_token_id,
+            policy=self.policy,
+            temperature=self.temperature,
+            generator=generator,
+            frozen=frozen,
+            restrict=restrict,
+            tokens_per_step=self.tokens_per_step,
+        )
+        tokens = state.x.clone()
+        tokens[:, span] = new_region
+        return ChainState(SolverState(x=tokens, step=state.step + 1, cond={"block_end": new_end}))
+
+    def _first_masked(self, region: torch.Tensor) -> torch.Tensor:
+        """Index of each row's first masked position in ``region`` (its length where none is)."""
+        masked = region == self.mask_token_id
+        first = masked.int().argmax(-1)
+        return torch.where(masked.any(-1), first, torch.full_like(first, region.shape[1]))
+
     def renoise(
         self, state: ChainState, to_step: int, generator: torch.Generator | None = None
     ) -> ChainState:
@@ -190,6 +261,8 @@ class MaskedDiffusionChain:
         i = state.step
         if not 0 <= to_step <= i:
             raise ValueError(f"can only renoise to a step in 0..{i}, got {to_step}")
+        if self.adaptive_blocks is not None:
+            return self._renoise_adaptive(state, to_step)
         tokens = state.x.clone()
         generated = self._generated_positions(tokens.device)
         to_block, within = self.layout.block_of_step(to_step)
@@ -204,6 +277,18 @@ class MaskedDiffusionChain:
             block_tokens[region & (ranks >= keep)] = self.mask_token_id
             tokens[:, span] = block_tokens
         return ChainState(SolverState(x=tokens, step=to_step))
+
+    def _renoise_adaptive(self, state: ChainState, to_step: int) -> ChainState:
+        """Adaptive blocks decode a prefix: keep the first ``to_step * k`` generated tokens of each row (at
+        most its decoded prefix) and mask the rest; the next step sizes a new block after the prefix."""
+        span = self._generation_slice()
+        tokens = state.x.clone()
+        region = tokens[:, span]
+        keep = self._first_masked(region).clamp(max=to_step * self.tokens_per_step)
+        positions = torch.arange(region.shape[1], device=region.device)
+        region[positions >= keep.unsqueeze(-1)] = self.mask_token_id
+        tokens[:, span] = region
+        return ChainState(SolverState(x=tokens, step=to_step, cond={"block_end": keep}))
 
     def decode(self, x0: torch.Tensor) -> Any:
         ids = self.generated(x0)
@@ -237,12 +322,30 @@ class MaskedDiffusionChain:
         return self.finished(tokens) if self.eos_stop else None
 
     def _idle(self, tokens: torch.Tensor, step: int, frozen: torch.Tensor | None) -> bool:
-        """Whether step ``step`` has nothing to commit: no row outside ``frozen`` has a mask in its block."""
-        block, _ = self.layout.block_of_step(step)
-        masked = tokens[:, self.layout.block_slice(block)] == self.mask_token_id
+        """Whether step ``step`` has nothing to commit: no row outside ``frozen`` has a mask in its block
+        (with adaptive blocks: in its generation region)."""
+        if self.adaptive_blocks is not None:
+            span = self._generation_slice()
+        else:
+            span = self.layout.block_slice(self.layout.block_of_step(step)[0])
+        masked = tokens[:, span] == self.mask_token_id
         if frozen is not None:
             masked = masked & ~frozen.unsqueeze(-1)
         return not bool(masked.any())
+
+    def _view_decoded(self, tokens: torch.Tensor, step: int) -> bool:
+        """Whether no unfinished row has a masked generated position in the model's view at ``step`` (the
+        look-ahead is then the tokens themselves)."""
+        window = self._window(step)
+        generated = self._generated_positions(tokens.device)[:window]
+        masked = (tokens[:, :window] == self.mask_token_id) & generated
+        frozen = self._frozen(tokens)
+        if frozen is not None:
+            masked = masked & ~frozen.unsqueeze(-1)
+        return not bool(masked.any())
+
+    def _generation_slice(self) -> slice:
+        return slice(self.layout.prompt_length, self.layout.prompt_length + self.layout.gen_length)
 
     def _generated_positions(self, device: torch.device) -> torch.Tensor:
         """(total_length,) True on the generation region."""

@@ -13,6 +13,7 @@ import torch
 from rewards.base import RewardProtocol
 from rewards.list_tasks import (
     ADD_DIGITS,
+    ANY_ORDER_TASKS,
     EOS,
     LIST_LENGTHS,
     MASK,
@@ -22,6 +23,7 @@ from rewards.list_tasks import (
     VOCAB,
     ListTaskVerifier,
     extract_answer,
+    is_correct,
     make_prompt,
     parse_prompt,
     random_example,
@@ -38,7 +40,8 @@ TEXT_MODEL = Path(__file__).resolve().parents[1] / "pipelines" / "assets" / "tex
 
 
 def test_tasks_and_vocabulary() -> None:
-    assert TASKS[:4] == ("copy", "reverse", "sort", "add")
+    assert TASKS == ("copy", "reverse", "sort", "add", "shuffle") and ANY_ORDER_TASKS == ("shuffle",)
+    assert VOCAB.index("shuffle") == len(VOCAB) - 1  # a new task's word is appended: earlier ids stay
     assert VOCAB[:4] == (PAD, UNK, MASK, EOS)
     assert len(set(VOCAB)) == len(VOCAB)
     assert all(str(d) in VOCAB for d in range(10)) and all(t in VOCAB for t in TASKS)
@@ -55,6 +58,7 @@ def test_tasks_and_vocabulary() -> None:
         ("add", [9999, 1], "add : 9 9 9 9 + 1 =", "1 0 0 0 0"),
         ("add", [0, 0], "add : 0 + 0 =", "0"),
         ("add", [123, 4560], "add : 1 2 3 + 4 5 6 0 =", "4 6 8 3"),
+        ("shuffle", [3, 1, 2], "shuffle : 3 1 2 =", "3 1 2"),  # one correct answer of six
     ],
 )
 def test_make_prompt_and_solve(task: str, numbers: list[int], prompt: str, answer: str) -> None:
@@ -111,7 +115,8 @@ def test_random_example_distribution(make_generator) -> None:
         prompt, answer = random_example(gen)
         task, numbers = parse_prompt(prompt)
         seen.add(task)
-        assert solve(prompt) == answer
+        assert is_correct(prompt, answer)
+        assert solve(prompt) == answer or task == "shuffle"
         assert set(prompt.split()) | set(answer.split()) <= set(VOCAB)
         if task == "add":
             assert all(ADD_DIGITS[0] <= len(str(n)) <= ADD_DIGITS[1] for n in numbers)
@@ -139,6 +144,32 @@ def test_extract_answer() -> None:
     assert extract_answer("[EOS] 1 2") == ""
 
 
+@pytest.mark.parametrize("make_generator", GENERATORS)
+def test_shuffle_answers_are_uniform_orderings(make_generator) -> None:
+    gen = make_generator(5)
+    counts: dict[str, int] = {}
+    draws = 1200
+    while sum(counts.values()) < draws:
+        prompt, answer = random_example(gen, "shuffle")
+        numbers = parse_prompt(prompt)[1]
+        assert sorted(answer.split()) == sorted(prompt.split()[2:-1])
+        if len(numbers) == 3 and len(set(numbers)) == 3:  # which of the 6 orderings of 3 distinct digits
+            order = "".join(str(numbers.index(int(t))) for t in answer.split())
+            counts[order] = counts.get(order, 0) + 1
+    sd = (draws * (1 / 6) * (5 / 6)) ** 0.5
+    assert len(counts) == 6 and all(abs(c - draws / 6) < 4 * sd for c in counts.values()), counts
+
+
+def test_is_correct_accepts_every_ordering_for_shuffle_only() -> None:
+    assert is_correct("shuffle : 3 1 2 1 =", "1 1 2 3") and is_correct("shuffle : 3 1 2 1 =", " 2 1 3  1")
+    assert not is_correct("shuffle : 3 1 2 1 =", "1 2 3")  # a repeat dropped
+    assert not is_correct("shuffle : 3 1 2 1 =", "1 1 2 3 3")
+    assert not is_correct("shuffle : 3 1 2 =", "1 1 2")  # a repeat instead of an operand
+    assert is_correct("sort : 3 1 2 =", "1 2 3") and not is_correct("sort : 3 1 2 =", "2 1 3")
+    with pytest.raises(ValueError):
+        is_correct("shuffle 3 1 =", "1 3")
+
+
 def test_verifier_scores_per_sample_prompts() -> None:
     verifier = ListTaskVerifier()
     assert isinstance(verifier, VerifierReward) and isinstance(verifier, RewardProtocol)
@@ -153,10 +184,11 @@ def test_verifier_scores_per_sample_prompts() -> None:
         "5 2 [EOS] [PAD]",  # add, right
         "5 3",  # add, wrong
     ]
-    prompts = ["sort : 3 1 2 ="] * 6 + ["add : 4 7 + 5 ="] * 2
+    samples += ["2 3 1 [EOS]", "1 2 [EOS]", "3 3 1 [EOS]"]  # shuffle: an ordering; one short; a repeat
+    prompts = ["sort : 3 1 2 ="] * 6 + ["add : 4 7 + 5 ="] * 2 + ["shuffle : 3 1 2 ="] * 3
     scores = verifier(samples, prompts)
-    assert scores.dtype == torch.float32 and scores.shape == (8,)
-    assert scores.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert scores.dtype == torch.float32 and scores.shape == (11,)
+    assert scores.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
 
 
 def test_verifier_prompt_forms_and_errors() -> None:
@@ -233,7 +265,7 @@ def test_bundled_model_forward_and_record(text_model) -> None:
     gen_length = record["layout"]["gen_length"]
     assert model.config.gen_length == gen_length
     assert (model.config.mask_token_id, model.config.eos_token_id) == (2, 3)
-    assert {"copy", "reverse", "sort", "add"} <= set(record["accuracy"]["1_per_step"])
+    assert set(TASKS) <= set(record["accuracy"]["1_per_step"])
     ids = torch.tensor([tokenizer("sort : 3 1 2 =")["input_ids"] + [tokenizer.mask_token_id] * gen_length])
     length = ids.shape[1]
     with torch.no_grad():
@@ -246,7 +278,8 @@ def test_bundled_model_forward_and_record(text_model) -> None:
 
 
 def test_bundled_model_solves_easy_prompts(text_model) -> None:
-    """Greedy one-token-per-step unmasking by confidence gets short copy / sort prompts right."""
+    """Greedy one-token-per-step unmasking by confidence gets short copy / sort / reverse / shuffle prompts
+    right."""
     tokenizer, model = text_model
     gen_length = model.config.gen_length
     prompts = [
@@ -255,6 +288,8 @@ def test_bundled_model_solves_easy_prompts(text_model) -> None:
         "reverse : 3 1 4 1 5 =",
         "copy : 9 0 =",
         "sort : 8 2 =",
+        "shuffle : 3 1 4 1 5 =",
+        "shuffle : 7 2 9 =",
     ]
     batch = tokenizer(prompts, padding=True, return_tensors="pt")
     n, p = batch["input_ids"].shape
@@ -273,4 +308,4 @@ def test_bundled_model_solves_easy_prompts(text_model) -> None:
             x[rows, p + pick] = torch.where(still[rows, pick], tokens[rows, pick], x[rows, p + pick])
     texts = tokenizer.batch_decode(x[:, p:])
     scores = ListTaskVerifier()(texts, prompts)
-    assert scores.sum().item() >= 4, list(zip(prompts, texts))
+    assert scores.sum().item() >= 6, list(zip(prompts, texts))

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import BlockRefinementScheduler, LLaDA2Pipeline
-from threads import one_thread
-from tiny_text import logits_fn, tiny_masked_lm, tiny_tokenizer
+from tiny_text import counting_logits_fn, logits_fn
 
 from samplers.masked import (
     POLICIES,
@@ -36,15 +35,12 @@ GEN, BLOCK, STEPS = 9, 4, 3  # prompt 3 + 9 generated = 12 positions = 3 blocks 
 OPTIONS = {"threshold": {"threshold": 0.3}, "entropy": {"gamma": 1.0}}
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_masked_lm(), tiny_tokenizer()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+def lm(tiny_lm):
+    return tiny_lm
 
 
 def pipeline(lm, policy: str) -> LLaDA2Pipeline:
@@ -291,12 +287,7 @@ class FirstTokenIs:
 @pytest.mark.parametrize("method", ["bon", "smc", "dts", "beam", "paths", "rbf"])
 def test_search_methods_run_on_the_chain_with_exact_nfe(lm, method):
     model, tok = lm
-    rows = []
-
-    def counted(ids, attention, positions):
-        rows.append(ids.shape[0])
-        return model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
-
+    counted, rows = counting_logits_fn(model)
     chain = MaskedDiffusionChain(counted, tok(PROMPT)["input_ids"], gen_length=GEN,
                                  mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
                                  block_length=BLOCK, steps_per_block=STEPS,
@@ -351,3 +342,20 @@ def test_remdm_in_the_pipeline_equals_our_chain_and_revises_tokens(lm, strategy)
     assert not (out == tok.mask_token_id).any()
     plain = chain_for(lm, "low-confidence", temperature=0.8, steps_per_block=steps)
     assert not torch.equal(run(plain, 4, 0), out)  # remasking changed the run
+
+
+@pytest.mark.parametrize("context", ["full", "window"])
+def test_predict_makes_no_call_when_nothing_is_left_to_fill(lm, context):
+    chain = chain_for(lm, "low-confidence", context=context)
+    p = chain.layout.prompt_length
+    tokens = chain.prior(2).x.clone()
+    tokens[:, p : p + GEN] = 5  # every generated position decoded (padding after it may stay masked)
+    from samplers.state import SolverState
+    from search.chain import ChainState
+
+    state = ChainState(SolverState(x=tokens, step=STEPS))  # block 1
+    same, lookahead = chain.predict(state)
+    assert chain.budget.nfe == 0 and same.cached is None and torch.equal(lookahead, tokens)
+    tokens[1, p + 3] = lm[1].mask_token_id  # one masked position in block 1 (in both views)
+    _, lookahead = chain.predict(ChainState(SolverState(x=tokens, step=STEPS)))
+    assert chain.budget.nfe == 2 and lookahead[1, p + 3] != lm[1].mask_token_id

@@ -4,7 +4,6 @@ tiny random masked LM saved to disk (the bundled model is tested in tests/test_t
 import json
 
 import pytest
-from threads import one_thread
 from tiny_text import tiny_masked_lm, tiny_tokenizer
 
 from pipelines.cli import main
@@ -20,10 +19,7 @@ def model_dir(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def text(*args):
@@ -63,6 +59,34 @@ def test_search_records_reward_nfe_and_curve(model_dir, tmp_path, capsys):
     assert "[reward" in capsys.readouterr().out
 
 
+def test_adaptive_blocks_sample_from_the_chain_with_adablock(model_dir, tmp_path):
+    import torch
+
+    from pipelines.generate import image_seed
+    from pipelines.text import adablock_for, load_text_pipeline, run_chains, text_chains
+
+    out = tmp_path / "ada.jsonl"
+    ada_args = ("--adaptive-blocks", "--delimiter", "eight", "--delimiter-threshold", "0.5")
+    assert text("--model", model_dir, "--prompt", "a b c", "--temperature", "1", *COMMON, *ada_args,
+                "--quiet", "--out", str(out)) == 0  # fmt: skip
+    (r,) = records(out)
+    settings = r["settings"]
+    assert settings["adaptive_blocks"] and settings["delimiters"] == ["eight"]
+    assert settings["delimiter_threshold"] == 0.5
+    pipe = load_text_pipeline(model_dir)
+    ada = adablock_for(pipe.tokenizer, ["eight"], 0.5)
+    chains = text_chains(pipe, ["a b c"], gen_length=8, block_length=4, num_inference_steps=4,
+                         temperature=1.0, adaptive_blocks=ada)  # fmt: skip
+    assert chains[0].context == "full" and chains[0].adaptive_blocks == ada
+    assert run_chains(chains, [torch.Generator().manual_seed(image_seed(0, 0, 0))]) == [r["text"]]
+    searched = tmp_path / "ada-smc.jsonl"
+    assert text("--model", model_dir, "--prompt", "a b c", "--temperature", "1", *COMMON, "--adaptive-blocks",
+                "--search", "smc", "--particles", "4", "--reward", "tiny_text:WordCount",
+                "--quiet", "--out", str(searched)) == 0  # fmt: skip
+    (found,) = records(searched)
+    assert found["reward"] == float(found["text"].split().count("f")) and found["nfe"] % 4 == 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -76,6 +100,9 @@ def test_search_records_reward_nfe_and_curve(model_dir, tmp_path, capsys):
         (("--search", "smc", "--reward", "digits", "--temperature", "1"), "scores image, not texts"),
         (("--num-samples", "0"), "--num-samples must be >= 1"),
         (("--temperature", "-1"), "--temperature must be >= 0"),
+        (("--delimiter", "eight"), "needs --adaptive-blocks"),
+        (("--adaptive-blocks", "--remask-eta", "0.1"), "does not go with --adaptive-blocks"),
+        (("--adaptive-blocks", "--delimiter", "nosuchword"), "not a token"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(model_dir, capsys, args, message):

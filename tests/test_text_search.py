@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 from diffusers import LLaDA2Pipeline
-from threads import one_thread
 from tiny_text import WordCount, tiny_masked_lm, tiny_tokenizer
 
 from pipelines.search_pipeline import SearchPipeline, TextSearchOutput
-from pipelines.text import text_chains
+from pipelines.text import adablock_for, text_chains
 from samplers.masked_scheduler import MaskedDiffusionScheduler
 from search.registry import SEARCH_METHODS
 
@@ -30,10 +29,7 @@ def pipe():
     return pipe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ModelCalls:
@@ -121,3 +117,6 @@ def test_bad_text_arguments_fail_clearly(pipe):
         search(PROMPTS[0], top_p=0.9, **CALL)
     with pytest.raises(ValueError, match="output_type"):
         search(PROMPTS[0], output_type="pil-ish", **CALL)
+    plain = SearchPipeline(pipe, None, WordCount())
+    with pytest.raises(ValueError, match="adaptive_blocks needs a search"):
+        plain(PROMPTS[0], adaptive_blocks=adablock_for(pipe.tokenizer), **CALL)

@@ -52,6 +52,18 @@ def logits_fn(model):
     return logits
 
 
+def counting_logits_fn(model):
+    """(``logits_fn`` for ``model``, the list of each call's row count): an independent NFE count."""
+    rows: list[int] = []
+    inner = logits_fn(model)
+
+    def logits(input_ids, attention_mask, position_ids):
+        rows.append(input_ids.shape[0])
+        return inner(input_ids, attention_mask, position_ids)
+
+    return logits, rows
+
+
 class WordCount:
     """How often ``word`` occurs in each text: a reward a random model can move (``tiny_text:WordCount``)."""
 
