@@ -1,5 +1,6 @@
 """samplers: noise schedules, denoiser adapters, time grids and exponential-integrator ODE/SDE solvers."""
 
+from .calibrate import CalibratedGrid, fit_grid
 from .denoiser import PREDICTION_TYPES, Denoiser, DenoiserOutput, DynamicThreshold, convert_prediction
 from .grids import GRID_KINDS, TimeGrid, make_grid
 from .interpolant import InterpolantConversion
@@ -26,6 +27,8 @@ from .solvers import DDIM, DEIS, DPMSolver, DPMSolverPP, SDEDPMSolverPP, Solver,
 from .state import SolverState
 
 __all__ = [
+    "CalibratedGrid",
+    "fit_grid",
     "ReMDM",
     "POLICIES",
     "AdaBlock",

@@ -112,18 +112,19 @@ OVERHEAD_PAIRS = {
 class Problem:
     """One guidance setting: the exact network, x_T, class labels and the exact ODE endpoint."""
 
-    def __init__(self, gmm: GaussianMixture, guidance: float, n: int = 256):
+    def __init__(self, gmm: GaussianMixture, guidance: float, n: int = 256, seed: int = 0):
         self.guidance = None if guidance == 1 else guidance
         self.labels = torch.arange(n) % 2
         self._net = make_net(gmm, lambda t: (SCHEDULE.alpha(t), SCHEDULE.sigma(t)), "epsilon", self.guidance)
-        self.x_T = torch.randn(n, gmm.dim, generator=torch.Generator().manual_seed(0), dtype=F64)
+        self.x_T = torch.randn(n, gmm.dim, generator=torch.Generator().manual_seed(seed), dtype=F64)
         start = (float(SCHEDULE.alpha(999.0)), float(SCHEDULE.sigma(999.0)))
         self.exact = solve_probability_flow(
             gmm, self.x_T, start, [(1.0, 0.0)], class_labels=self.labels, guidance_scale=self.guidance
         )[0]
 
-    def run(self, sched, nfe: int) -> float:
-        sched.set_timesteps(nfe)
+    def run(self, sched, nfe: int, sigmas: list[float] | None = None) -> float:
+        """Relative RMS error of ``sched`` at ``nfe`` evaluations (on the given evaluation ``sigmas``)."""
+        sched.set_timesteps(nfe) if sigmas is None else sched.set_timesteps(sigmas=sigmas)
         if len(sched.timesteps) != nfe:
             raise RuntimeError(f"{type(sched).__name__} made {len(sched.timesteps)} evaluations, not {nfe}")
         x = self.x_T * sched.init_noise_sigma
