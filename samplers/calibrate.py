@@ -165,6 +165,8 @@ def fit_grid(
     if max_evaluations < 1:
         raise ValueError(f"max_evaluations must be >= 1, got {max_evaluations}")
     start, end = _end_lambdas(init.schedule, init)
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise ValueError("init must start at a finite log-SNR (e.g. t_start=0.999 for flow matching)")
     nfe_before, clock = denoiser.nfe, time.perf_counter()
     evaluations = 0
 

@@ -106,6 +106,11 @@ def test_bad_input_fails_clearly(problem, tmp_path):
         fit_grid(Denoiser(net), solver, x, exact, make_grid(SCHEDULE, 1), cond=cond)
     with pytest.raises(ValueError, match="one shape"):
         fit_grid(Denoiser(net), solver, x, exact[:3], make_grid(SCHEDULE, 4), cond=cond)
+    from samplers import FlowMatchingSchedule
+
+    flow = make_grid(FlowMatchingSchedule(), 4, "uniform_t")  # starts at pure noise: log-SNR -inf
+    with pytest.raises(ValueError, match="finite log-SNR"):
+        fit_grid(Denoiser(net), solver, x, exact, flow, cond=cond)
     with pytest.raises(ValueError, match="max_evaluations"):
         fit_grid(Denoiser(net), solver, x, exact, make_grid(SCHEDULE, 4), cond=cond, max_evaluations=0)
     (tmp_path / "bad.json").write_text(
