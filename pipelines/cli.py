@@ -93,16 +93,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _generate(args: argparse.Namespace) -> int:
     from .generate import GenerateOptions, generate
-    from .prompts import UsageError
 
-    options = GenerateOptions(
-        **{k: v for k, v in vars(args).items() if k in GenerateOptions.__dataclass_fields__}
-    )
-    try:
-        result = generate(options)
-    except UsageError as err:
-        print(f"dsample: error: {err}", file=sys.stderr)
-        return 2
+    result = generate(_options(GenerateOptions, args))
     if result["is_main"]:
         rate = result["images"] / result["seconds"] if result["seconds"] > 0 else 0.0
         kind = "videos" if result.get("videos") else "images"
@@ -210,17 +202,11 @@ def _add_generate(sub) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from .prompts import UsageError
     from .score import ScoreOptions, parse_option, score_run
 
-    try:
-        options = dict(parse_option(text) for text in args.options or [])
-        summary = score_run(
-            ScoreOptions(args.run, args.reward, options, args.batch_size, args.device, args.quiet)
-        )
-    except UsageError as err:
-        print(f"dsample: error: {err}", file=sys.stderr)
-        return 2
+    reward_options = dict(parse_option(text) for text in args.options or [])
+    options = ScoreOptions(args.run, args.reward, reward_options, args.batch_size, args.device, args.quiet)
+    summary = score_run(options)
     print(f"dsample: {summary['images']} images scored with {summary['reward']} ({summary['scale']})")
     print(f"  mean {summary['mean']:.4g}, min {summary['min']:.4g}, max {summary['max']:.4g}")
     for prompt, mean in summary["per_prompt"].items():
@@ -261,15 +247,9 @@ def _add_score(sub) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .prompts import UsageError
     from .report import write_report
 
-    try:
-        path = write_report(args.run, out=args.out, reward=args.reward)
-    except UsageError as err:
-        print(f"dsample: error: {err}", file=sys.stderr)
-        return 2
-    print(path)
+    print(write_report(args.run, out=args.out, reward=args.reward))
     return 0
 
 
@@ -294,15 +274,10 @@ def _add_report(sub) -> None:
 
 
 def _text(args: argparse.Namespace) -> int:
-    from .prompts import UsageError
     from .text_cli import TextOptions, run_text
 
-    options = TextOptions(**{k: v for k, v in vars(args).items() if k in TextOptions.__dataclass_fields__})
-    try:
-        records = run_text(options)
-    except UsageError as err:
-        print(f"dsample: error: {err}", file=sys.stderr)
-        return 2
+    options = _options(TextOptions, args)
+    records = run_text(options)
     for r in records:
         found = f"  [reward {r['reward']:.4g}, NFE {r['nfe']}]" if "reward" in r else ""
         print(f"{r['prompt']} -> {r['text']}{found}")
@@ -383,13 +358,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options(cls, args: argparse.Namespace):
+    """An options dataclass from the parsed arguments of the same names."""
+    return cls(**{k: v for k, v in vars(args).items() if k in cls.__dataclass_fields__})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from .prompts import UsageError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "nfe", 1) < 1 or getattr(args, "dim", 1) < 1 or getattr(args, "batch", 1) < 1:
         parser.error("--nfe, --dim and --batch must be positive")
     try:
         return args.func(args)
+    except UsageError as err:  # bad user input: one line, exit code 2, nothing written
+        print(f"dsample: error: {err}", file=sys.stderr)
+        return 2
     except ValueError as err:
         parser.exit(2, f"dsample: error: {err}\n")
 
