@@ -171,7 +171,7 @@ class MaskedDiffusionChain:
         if state.step >= self.steps:
             return state, state.x
         if state.cached is None:
-            if self._view_decoded(state.x, state.step):
+            if self._view_decoded(state.x, state.step, self._frozen(state.x)):
                 return state, state.x  # no generated position left to fill in the model's view: no call
             logits = self._logits(state.x, self._window(state.step))
             fill = self._fill(state.x, logits, state.step)
@@ -323,26 +323,18 @@ class MaskedDiffusionChain:
 
     def _idle(self, tokens: torch.Tensor, step: int, frozen: torch.Tensor | None) -> bool:
         """Whether step ``step`` has nothing to commit: no row outside ``frozen`` has a mask in its block
-        (with adaptive blocks: in its generation region)."""
+        (with adaptive blocks, full context: in its generation region, the model's view)."""
         if self.adaptive_blocks is not None:
-            span = self._generation_slice()
-        else:
-            span = self.layout.block_slice(self.layout.block_of_step(step)[0])
-        masked = tokens[:, span] == self.mask_token_id
-        if frozen is not None:
-            masked = masked & ~frozen.unsqueeze(-1)
-        return not bool(masked.any())
+            return self._view_decoded(tokens, step, frozen)
+        span = self.layout.block_slice(self.layout.block_of_step(step)[0])
+        return not _masks_in_live_rows(tokens[:, span] == self.mask_token_id, frozen)
 
-    def _view_decoded(self, tokens: torch.Tensor, step: int) -> bool:
-        """Whether no unfinished row has a masked generated position in the model's view at ``step`` (the
-        look-ahead is then the tokens themselves)."""
+    def _view_decoded(self, tokens: torch.Tensor, step: int, frozen: torch.Tensor | None) -> bool:
+        """Whether no row outside ``frozen`` has a masked generated position in the model's view at ``step``
+        (the look-ahead is then the tokens themselves)."""
         window = self._window(step)
         generated = self._generated_positions(tokens.device)[:window]
-        masked = (tokens[:, :window] == self.mask_token_id) & generated
-        frozen = self._frozen(tokens)
-        if frozen is not None:
-            masked = masked & ~frozen.unsqueeze(-1)
-        return not bool(masked.any())
+        return not _masks_in_live_rows((tokens[:, :window] == self.mask_token_id) & generated, frozen)
 
     def _generation_slice(self) -> slice:
         return slice(self.layout.prompt_length, self.layout.prompt_length + self.layout.gen_length)
@@ -350,7 +342,7 @@ class MaskedDiffusionChain:
     def _generated_positions(self, device: torch.device) -> torch.Tensor:
         """(total_length,) True on the generation region."""
         generated = torch.zeros(self.layout.total_length, dtype=torch.bool, device=device)
-        generated[self.layout.prompt_length : self.layout.prompt_length + self.layout.gen_length] = True
+        generated[self._generation_slice()] = True
         return generated
 
     def _window(self, step: int) -> int:
@@ -393,6 +385,13 @@ class MaskedDiffusionChain:
         masked = view == self.mask_token_id
         view[masked] = fill[masked]
         return out
+
+
+def _masks_in_live_rows(masked: torch.Tensor, frozen: torch.Tensor | None) -> bool:
+    """Whether a row not in ``frozen`` (B,) has a True in ``masked`` (B, L)."""
+    if frozen is not None:
+        masked = masked & ~frozen.unsqueeze(-1)
+    return bool(masked.any())
 
 
 def _masks_left(size: int, steps: int, done: int) -> int:
