@@ -112,8 +112,9 @@ class CalibratedGrid:
         return fit
 
 
-def _end_lambdas(schedule: NoiseSchedule, grid: TimeGrid) -> tuple[float, float]:
-    lam = grid.lambdas
+def _end_lambdas(grid: TimeGrid) -> tuple[float, float]:
+    """The log-SNR at the grid's first point and at its last finite end (t_min for a grid ending at 0)."""
+    lam, schedule = grid.lambdas, grid.schedule
     end = lam[-1] if math.isfinite(lam[-1]) else float(schedule.lambda_(torch.tensor(schedule.t_min)))
     return lam[0], end
 
@@ -164,7 +165,7 @@ def fit_grid(
         raise ValueError(f"x {tuple(x.shape)} and reference {tuple(reference.shape)} must have one shape")
     if max_evaluations < 1:
         raise ValueError(f"max_evaluations must be >= 1, got {max_evaluations}")
-    start, end = _end_lambdas(init.schedule, init)
+    start, end = _end_lambdas(init)
     if not (math.isfinite(start) and math.isfinite(end)):
         raise ValueError("init must start at a finite log-SNR (e.g. t_start=0.999 for flow matching)")
     nfe_before, clock = denoiser.nfe, time.perf_counter()

@@ -47,6 +47,7 @@ from samplers import (
     sample,
 )
 from samplers.analytic import GaussianMixture, make_net, solve_probability_flow
+from samplers.calibrate import relative_rms
 from samplers.catalogue import ODE_PRESETS
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "solvers.md"
@@ -132,8 +133,7 @@ class Problem:
             inp = sched.scale_model_input(x, t)
             t64 = t.to(F64).expand(x.shape[0])
             x = sched.step(self._net(inp, t64, class_labels=self.labels), t, x).prev_sample
-        err = ((x - self.exact) ** 2).mean().sqrt() / (self.exact**2).mean().sqrt()
-        return float(err) if torch.isfinite(err) else math.inf
+        return relative_rms(x, self.exact)
 
 
 def accuracy_section(nfes, guidances, *, seed: int = 0, dim: int = 32, tables: bool = True) -> list[str]:
