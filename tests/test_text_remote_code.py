@@ -171,28 +171,16 @@ def test_without_trust_remote_code_loading_fails(remote):
         load_text_pipeline(directory)
 
 
-def test_an_auto_map_with_only_auto_model_loads(remote, tmp_path):
+@pytest.mark.parametrize("auto_class", ["AutoModel", "AutoModelForMaskedLM"])
+def test_an_auto_map_without_a_causal_lm_loads_through_the_class_it_names(remote, tmp_path, auto_class):
+    """An auto_map naming only ``AutoModel`` or only ``AutoModelForMaskedLM`` loads through that auto class
+    (the causal-LM loader would fail on these configs: each auto class reads only its own auto_map key)."""
     directory, _ = remote
-    copy = shutil.copytree(directory, tmp_path / "automodel")
+    copy = shutil.copytree(directory, tmp_path / auto_class)
     config = json.loads((copy / "config.json").read_text())
     config["auto_map"] = {
         "AutoConfig": "configuration_tinyllada.TinyLLaDAConfig",
-        "AutoModel": "modeling_tinyllada.TinyLLaDAModelLM",
-    }
-    (copy / "config.json").write_text(json.dumps(config))
-    pipe = load_text_pipeline(copy, trust_remote_code=True)
-    assert type(pipe.model).__name__ == "TinyLLaDAModelLM"
-
-
-def test_an_auto_map_with_only_a_masked_lm_loads_as_a_masked_lm(remote, tmp_path):
-    """Without AutoModelForCausalLM / AutoModel in auto_map the loader is AutoModelForMaskedLM (the causal
-    loader would fail on this config)."""
-    directory, _ = remote
-    copy = shutil.copytree(directory, tmp_path / "maskedlm")
-    config = json.loads((copy / "config.json").read_text())
-    config["auto_map"] = {
-        "AutoConfig": "configuration_tinyllada.TinyLLaDAConfig",
-        "AutoModelForMaskedLM": "modeling_tinyllada.TinyLLaDAModelLM",
+        auto_class: "modeling_tinyllada.TinyLLaDAModelLM",
     }
     (copy / "config.json").write_text(json.dumps(config))
     pipe = load_text_pipeline(copy, trust_remote_code=True)
