@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from samplers.masked import AdaBlock, ConfidenceThreshold, ReMDM, UnmaskingPolicy, make_policy
+from search.chain import advance
 from search.lockstep import RowwiseFunction
 from search.masked_chain import MaskedDiffusionChain
 
@@ -183,8 +184,5 @@ def run_chains(chains: Sequence[MaskedDiffusionChain], generators: Sequence[torc
     """Each chain run once from its prior with its own generator (no search): the decoded texts."""
     texts = []
     for chain, generator in zip(chains, generators, strict=True):
-        state = chain.prior(1)
-        while state.step < chain.steps:
-            state = chain.step(state, generator)
-        texts.extend(chain.decode(state.x))
+        texts.extend(chain.decode(advance(chain, chain.prior(1), generator=generator).x))
     return texts

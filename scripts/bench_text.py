@@ -43,6 +43,7 @@ from pipelines.text import adablock_for, load_text_pipeline, text_chains  # noqa
 from pipelines.text_cli import bundled_defaults  # noqa: E402
 from rewards.list_tasks import TASKS, ListTaskVerifier, random_example, solve  # noqa: E402
 from samplers.masked import ConfidenceThreshold, EntropyBounded, LowConfidence, RandomOrder, ReMDM  # noqa: E402
+from search.chain import advance  # noqa: E402
 
 HELD_OUT_SEED = 2026
 #: (policy, its knob as printed, policy object, ReMDM, steps per block as a fraction of the block, AdaBlock)
@@ -69,9 +70,7 @@ def prompts_per_task(per_task: int) -> list[tuple[str, str]]:
 def run_chain(chain, generator) -> tuple[str, int, int]:
     """(decoded text, model calls, generated positions committed) of one run of the chain (a run that
     commits its EOS early stops there: the positions after it are never decoded)."""
-    state = chain.prior(1)
-    while state.step < chain.steps:
-        state = chain.step(state, generator)
+    state = advance(chain, chain.prior(1), generator=generator)
     start = chain.layout.prompt_length
     region = state.x[0, start : start + chain.layout.gen_length]
     return chain.decode(state.x)[0], chain.budget.nfe, int((region != chain.mask_token_id).sum())

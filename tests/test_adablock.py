@@ -12,7 +12,7 @@ from tiny_text import WordCount, counting_logits_fn, logits_fn
 from samplers.masked import AdaBlock, ReMDM
 from samplers.state import SolverState
 from search import run_search
-from search.chain import ChainState
+from search.chain import ChainState, advance
 from search.masked_chain import MaskedDiffusionChain
 
 GEN, DEFAULT_BLOCK = 9, 4  # prompt of 3 + 9 generated = 12 positions: no padding
@@ -95,10 +95,7 @@ def reference_for(lm, prompt: str):
 
 
 def run(chain: MaskedDiffusionChain, state: ChainState, seed: int = 0) -> ChainState:
-    generator = torch.Generator().manual_seed(seed)
-    while state.step < chain.steps:
-        state = chain.step(state, generator)
-    return state
+    return advance(chain, state, generator=torch.Generator().manual_seed(seed))
 
 
 def test_block_end_takes_the_most_confident_delimiter_in_the_window():

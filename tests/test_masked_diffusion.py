@@ -27,6 +27,7 @@ from samplers.masked import (
 )
 from samplers.masked_scheduler import MaskedDiffusionScheduler
 from search import run_search
+from search.chain import advance
 from search.masked_chain import MaskedDiffusionChain
 
 PROMPT = "a b c"
@@ -71,10 +72,7 @@ def chain_for(lm, policy: str, **kw) -> MaskedDiffusionChain:
 
 
 def run(chain: MaskedDiffusionChain, n: int, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    state = chain.prior(n)
-    while state.step < chain.steps:
-        state = chain.step(state, generator)
+    state = advance(chain, chain.prior(n), generator=torch.Generator().manual_seed(seed))
     start = chain.layout.prompt_length
     return state.x[:, start : start + GEN]
 
@@ -259,9 +257,7 @@ def test_eos_freezes_a_row_and_decode_cuts_there(lm):
 def test_renoise_remasks_to_the_schedule(lm):
     chain = chain_for(lm, "low-confidence", context="full")
     g = torch.Generator().manual_seed(0)
-    state = chain.prior(2)
-    while state.step < chain.steps:
-        state = chain.step(state, g)
+    state = advance(chain, chain.prior(2), generator=g)
     mask = lm[1].mask_token_id
     back = chain.renoise(state, 4, g)  # block 1, one of its 3 steps done: 4 - 2 masks left
     p = chain.layout.prompt_length

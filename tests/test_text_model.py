@@ -10,6 +10,7 @@ import torch
 from pipelines.cli import main
 from pipelines.text import load_text_pipeline, text_chains
 from rewards.list_tasks import TASKS, ListTaskVerifier, random_example
+from search.chain import advance
 
 CALL = {"gen_length": 12, "block_length": 4, "num_inference_steps": 4}
 
@@ -32,9 +33,7 @@ def test_the_bundled_model_solves_held_out_prompts_through_pipeline_and_chain(pi
         out = pipe(prompt, **CALL, editing_threshold=None)
         correct += int(float(verifier(out.texts, [prompt])[0]) == 1.0)
         chain = text_chains(pipe, [prompt], **CALL)[0]
-        state = chain.prior(1)
-        while state.step < chain.steps:
-            state = chain.step(state)
+        state = advance(chain, chain.prior(1))
         p = chain.layout.prompt_length
         generated = state.x[0, p : p + CALL["gen_length"]]
         committed = generated != pipe.tokenizer.mask_token_id

@@ -18,6 +18,7 @@ from tiny_text import SPECIALS, tiny_tokenizer
 
 from pipelines.cli import main
 from pipelines.text import load_text_pipeline, text_chains
+from search.chain import advance
 
 CONFIGURATION = """
 from transformers import PretrainedConfig
@@ -198,10 +199,7 @@ def test_the_pipeline_and_the_chain_agree_token_for_token(pipes, policy, tempera
     for seed in (0, 1):
         out = pipe(PROMPT, **CALL, temperature=temperature, threshold=THRESHOLD, editing_threshold=None,
                    generator=torch.Generator().manual_seed(seed))  # fmt: skip
-        generator = torch.Generator().manual_seed(seed)
-        state = chain.prior(1)
-        while state.step < chain.steps:
-            state = chain.step(state, generator)
+        state = advance(chain, chain.prior(1), generator=torch.Generator().manual_seed(seed))
         generated = state.x[0, start : start + CALL["gen_length"]]
         assert torch.equal(generated, out.sequences[0]), (generated, out.sequences[0])
         assert chain.decode(state.x) == out.texts

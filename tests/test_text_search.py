@@ -12,6 +12,7 @@ from tiny_text import WordCount, tiny_masked_lm, tiny_tokenizer
 from pipelines.search_pipeline import SearchPipeline, TextSearchOutput
 from pipelines.text import adablock_for, text_chains
 from samplers.masked_scheduler import MaskedDiffusionScheduler
+from search.chain import advance
 from search.registry import SEARCH_METHODS
 
 CALL = {"gen_length": 8, "block_length": 4, "num_inference_steps": 4, "temperature": 1.0}
@@ -58,10 +59,7 @@ def test_without_search_it_is_the_pipeline_call(pipe):
 
 def test_a_chain_runs_the_pipelines_tokens(pipe):
     chain = text_chains(pipe, [PROMPTS[0]], **CALL)[0]
-    g = torch.Generator().manual_seed(4)
-    state = chain.prior(1)
-    while state.step < chain.steps:
-        state = chain.step(state, g)
+    state = advance(chain, chain.prior(1), generator=torch.Generator().manual_seed(4))
     out = pipe(PROMPTS[0], generator=torch.Generator().manual_seed(4), editing_threshold=None,
                output_type="seq", **CALL)  # fmt: skip
     p = chain.layout.prompt_length
