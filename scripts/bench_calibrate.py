@@ -48,6 +48,7 @@ from samplers import (  # noqa: E402
 )
 from samplers.analytic import GaussianMixture  # noqa: E402
 from samplers.calibrate import fit_grid  # noqa: E402
+from samplers.denoiser import convert_prediction  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "calibrated_grids.md"
 #: (scheduler class, its config, initial grid kind, final level) per candidate
@@ -85,8 +86,7 @@ class DigitsProblem(Problem):
             # amplify the epsilon error ten-thousandfold in x0)
             alpha = DIGITS_SCHEDULE.alpha(t.double()).view(-1, 1, 1, 1)
             sigma = DIGITS_SCHEDULE.sigma(t.double()).view(-1, 1, 1, 1)
-            x0 = ((x - sigma * eps) / alpha).clamp(-1, 1)
-            return (x - alpha * x0) / sigma
+            return convert_prediction(eps, x, alpha, sigma, "epsilon", x0_limit=lambda x0: x0.clamp(-1, 1))[1]
 
         self._net = net
         self.x_T = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=F64)
