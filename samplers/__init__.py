@@ -1,7 +1,10 @@
 """samplers: noise schedules, denoiser adapters, time grids and exponential-integrator ODE/SDE solvers."""
 
+from .analytic_steps import optimise_steps, step_objective
 from .calibrate import CalibratedGrid, fit_grid
 from .denoiser import PREDICTION_TYPES, Denoiser, DenoiserOutput, DynamicThreshold, convert_prediction
+from .dpm_solver_v3 import DPMSolverV3
+from .ems import EmpiricalModelStatistics, compute_ems, load_ems
 from .grids import GRID_KINDS, TimeGrid, make_grid
 from .interpolant import InterpolantConversion
 from .masked import POLICIES, AdaBlock, BlockLayout, ReMDM, make_policy, sample_candidates
@@ -11,6 +14,7 @@ from .schedulers import (
     DDIMSolverScheduler,
     DEISScheduler,
     DPMSolverPPScheduler,
+    DPMSolverV3Scheduler,
     ExponentialIntegratorScheduler,
     UniPCScheduler,
 )
@@ -29,6 +33,8 @@ from .state import SolverState
 __all__ = [
     "CalibratedGrid",
     "fit_grid",
+    "optimise_steps",
+    "step_objective",
     "ReMDM",
     "POLICIES",
     "AdaBlock",
@@ -68,6 +74,11 @@ __all__ = [
     "DDIMSolverScheduler",
     "DEISScheduler",
     "DPMSolverPPScheduler",
+    "DPMSolverV3Scheduler",
+    "DPMSolverV3",
+    "EmpiricalModelStatistics",
+    "compute_ems",
+    "load_ems",
     "ExponentialIntegratorScheduler",
     "UniPCScheduler",
 ]

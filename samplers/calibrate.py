@@ -64,6 +64,10 @@ class CalibratedGrid:
         nfe: model evaluations the fit spent (calibration runs only; the reference is the caller's).
         seconds: wall time of the fit.
         evaluations: objective evaluations (solver runs).
+        rules: per-step rules (keyword dicts of :class:`~samplers.solvers.Solver`) when the schedule was
+            searched too (:func:`samplers.solver_search.search_solver_schedule`); empty for a grid alone.
+        linear_multistep: ``{"prediction": ..., "weights": [[a_i, b_i0, ...], ...]}`` of a bespoke linear
+            multistep solver fitted on this grid (:mod:`samplers.bespoke`), or None.
     """
 
     sigmas: tuple[float, ...]
@@ -73,6 +77,8 @@ class CalibratedGrid:
     nfe: int
     seconds: float
     evaluations: int
+    rules: tuple[dict, ...] = ()
+    linear_multistep: dict | None = None
 
     @property
     def steps(self) -> int:
@@ -98,6 +104,28 @@ class CalibratedGrid:
             t = torch.cat([t, torch.tensor([schedule.t_min], dtype=torch.float64)])
         return TimeGrid.from_times(schedule, t, final="zero" if clean else "min")
 
+    def scheduler_config(self) -> dict:
+        """Config keys that make our diffusers schedulers run this grid (and ``rules``, for
+        :class:`~samplers.schedulers.ExponentialIntegratorScheduler`, when there are any)::
+
+            config = pipe.scheduler.config
+            sched = ExponentialIntegratorScheduler.from_config(config, **fit.scheduler_config())
+            sched.set_timesteps(fit.steps)
+
+        The levels go in as an Align-Your-Steps list, so ``set_timesteps(n)`` with another n interpolates
+        them log-linearly (AYS); with n = ``steps`` the run is this grid exactly."""
+        clean = self.final_sigmas_type == "zero"
+        config = {
+            "time_grid": "ays",
+            "ays_sigmas": self.evaluation_sigmas if clean else list(self.sigmas),
+            "final_sigmas_type": self.final_sigmas_type,
+        }
+        if self.rules:
+            config.update(rules=[dict(r) for r in self.rules], lower_order_final=False)
+        if self.linear_multistep:
+            config.update(linear_multistep=dict(self.linear_multistep))
+        return config
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
 
@@ -105,6 +133,7 @@ class CalibratedGrid:
     def load(cls, path: str | Path) -> CalibratedGrid:
         data = json.loads(Path(path).read_text())
         data["sigmas"] = tuple(float(s) for s in data["sigmas"])
+        data["rules"] = tuple(dict(r) for r in data.get("rules", ()))
         fit = cls(**data)
         levels = np.asarray(fit.sigmas)
         if levels.size < 2 or not np.all(np.diff(levels) < 0) or np.any(levels < 0):

@@ -52,6 +52,7 @@ __all__ = [
     "DEISScheduler",
     "UniPCScheduler",
     "DDIMSolverScheduler",
+    "DPMSolverV3Scheduler",
     "AYS_SD15_SIGMAS",
     "AYS_SDXL_SIGMAS",
 ]
@@ -573,20 +574,27 @@ class ExponentialIntegratorScheduler(_EngineScheduler):
             keyword dicts (e.g. ``{"order": 2, "prediction": "data", "rule": "exact"}``); grid step i uses
             ``rules[i]`` and the last rule repeats. Rules of one run must share the prediction type and be
             multistep when there is more than one.
+        linear_multistep: instead, a bespoke solver's ``{"prediction": "data" | "noise", "weights": [...]}``
+            (:mod:`samplers.bespoke`; its weights hold for the grid they were fitted on).
         Plus :data:`COMMON_CONFIG` (schedule, grid, flow shift, thresholding, ``lower_order_final``).
     """
 
-    ALGORITHM_CONFIG = {"solver": "dpmsolver++2m", "rules": None}
+    ALGORITHM_CONFIG = {"solver": "dpmsolver++2m", "rules": None, "linear_multistep": None}
 
     def _solvers(self) -> list[Solver]:
         cfg = self.config
+        if cfg.rules and cfg.linear_multistep:
+            raise ValueError("pass at most one of `rules` and `linear_multistep`")
+        if cfg.linear_multistep:
+            from .bespoke import LinearMultistep
+
+            spec = dict(cfg.linear_multistep)
+            weights = tuple(tuple(row) for row in spec.pop("weights", ()))
+            return [LinearMultistep(weights, **spec)]
         if cfg.rules:
-            solvers = [Solver(**{"name": f"rule-{i}", **dict(rule)}) for i, rule in enumerate(cfg.rules)]
-            if len({s.prediction for s in solvers}) > 1:
-                raise ValueError("all rules of a run must use the same prediction (data or noise)")
-            if len(solvers) > 1 and not all(s.multistep for s in solvers):
-                raise ValueError("per-step rules must be multistep (singlestep stages cannot be mixed)")
-            return [_with_lower_order_final(s, cfg) for s in solvers]
+            from .solver_search import RuleSchedule  # validates the rules of one run
+
+            return [_with_lower_order_final(s, cfg) for s in RuleSchedule.from_dicts(cfg.rules).rules]
         return [_with_lower_order_final(get_preset(cfg.solver), cfg)]
 
 
@@ -728,3 +736,51 @@ class DDIMSolverScheduler(_EngineScheduler):
 def _with_lower_order_final(solver: Solver, cfg: Any) -> Solver:
     """diffusers' ``lower_order_final=True`` lowers the last orders below 15 steps (our ``None``)."""
     return replace(solver, lower_order_final=None if cfg.lower_order_final else False)
+
+
+class DPMSolverV3Scheduler(_EngineScheduler):
+    """DPM-Solver-v3 (Zheng et al. 2023) with precomputed empirical model statistics.
+
+    Config: ``ems`` the path of a safetensors file written by
+    ``samplers.ems.compute_ems(...).save(path)`` for this model and schedule (loaded on first use and
+    memoised; an :class:`~samplers.ems.EmpiricalModelStatistics` object also works but does not serialise);
+    ``solver_order`` 1-3; ``use_corrector`` (the predictor-corrector, no extra evaluation);
+    ``final_sigmas_type`` defaults to ``"sigma_min"`` (the EMS end where the model was last evaluated).
+    Usage::
+
+        pipe.scheduler = DPMSolverV3Scheduler.from_config(pipe.scheduler.config, ems="stats.safetensors")
+    """
+
+    ALGORITHM_CONFIG = {
+        "ems": None,
+        "solver_order": 2,
+        "use_corrector": True,
+        "final_sigmas_type": "sigma_min",
+    }
+
+    def _solvers(self) -> list[Solver]:
+        import os
+
+        from .dpm_solver_v3 import DPMSolverV3
+        from .ems import EmpiricalModelStatistics
+
+        cfg = self.config
+        ems = cfg.ems
+        if ems is None:
+            raise ValueError(
+                "DPMSolverV3Scheduler needs `ems`: the path of an EMS safetensors file "
+                "(samplers.ems.compute_ems(...).save(path)), e.g. "
+                "from_config(config, ems='stats.safetensors')"
+            )
+        if not isinstance(ems, EmpiricalModelStatistics):
+            if not isinstance(ems, str | os.PathLike):
+                raise ValueError(f"ems must be a path to an EMS safetensors file, got {type(ems).__name__}")
+            if not os.path.isfile(os.fspath(ems)):
+                raise FileNotFoundError(f"DPMSolverV3Scheduler: EMS file not found: {os.fspath(ems)!r}")
+        solver = DPMSolverV3(
+            ems,
+            order=cfg.solver_order,
+            corrector=bool(cfg.use_corrector),
+            name=f"DPM-Solver-v3-{cfg.solver_order}",
+        )
+        return [_with_lower_order_final(solver, cfg)]

@@ -129,14 +129,7 @@ class Solver:
         noise: NoiseSource | torch.Generator | int | None = None,
     ) -> SolverState:
         """Advance ``state`` from grid index ``state.step`` to ``state.step + 1``, calling ``denoiser``."""
-        plan = self.advance(state, grid, noise)
-        request = next(plan)
-        while True:
-            out = _evaluate(denoiser, request, state.cond)
-            try:
-                request = plan.send(out)
-            except StopIteration as done:
-                return done.value
+        return drive(self.advance(state, grid, noise), denoiser, state.cond)
 
     def advance(
         self,
@@ -172,15 +165,7 @@ class Solver:
 
     # ------------------------------------------------------------------ internals
     def _order_at(self, i: int, grid: TimeGrid, available: int) -> int:
-        order = min(self.order, available)
-        if grid.sigma_values[i + 1] == 0:
-            return 1  # a lambda-polynomial cannot be evaluated at lambda = +inf
-        lof = self.lower_order_final
-        if lof is None:
-            lof = grid.steps < _AUTO_LOWER_ORDER_FINAL_BELOW
-        if lof:
-            order = min(order, grid.steps - i)
-        return order
+        return order_at(self.order, self.lower_order_final, i, grid, available)
 
     def _coefs(self, rule, lams, i_from, lam_to, a_to, s_to, grid, corrector=False) -> StepCoefficients:
         """Step coefficients, memoised on the grid (they depend on the grid points and the rule only)."""
@@ -344,6 +329,27 @@ def _basis_function(basis: str, grid: TimeGrid):
         raise ValueError("the t basis needs grid.schedule (build the grid with make_grid)")
     schedule = grid.schedule
     return lambda lam: schedule.t_of_lambda(torch.as_tensor(lam, dtype=torch.float64)).numpy()
+
+
+def order_at(order: int, lower_order_final: bool | None, i: int, grid: TimeGrid, available: int) -> int:
+    """The order of grid step i: at most ``order`` and the ``available`` history points; 1 into sigma = 0
+    (a lambda-polynomial cannot be evaluated at lambda = +inf); with ``lower_order_final`` (None: only with
+    fewer than 15 steps, diffusers' rule) at most the number of steps left."""
+    order = min(order, available)
+    if grid.sigma_values[i + 1] == 0:
+        return 1
+    lof = grid.steps < _AUTO_LOWER_ORDER_FINAL_BELOW if lower_order_final is None else lower_order_final
+    return min(order, grid.steps - i) if lof else order
+
+
+def drive(plan: Generator[Evaluation, DenoiserOutput, SolverState], denoiser: Denoiser, cond) -> SolverState:
+    """Run a step coroutine (``solver.advance(...)``) to its end; ``denoiser`` answers its evaluations."""
+    request = next(plan)
+    while True:
+        try:
+            request = plan.send(_evaluate(denoiser, request, cond))
+        except StopIteration as done:
+            return done.value
 
 
 def _evaluate(denoiser, request: Evaluation, cond) -> DenoiserOutput:

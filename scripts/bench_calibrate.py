@@ -1,4 +1,5 @@
-"""Teacher-matched time grids (samplers/calibrate.py) against diffusers' schedulers at 5 and 6 evaluations.
+"""Calibrated solver configurations against diffusers' schedulers at 5 and 6 evaluations (section 4 of
+``docs/benchmarks/solvers.md``; ``scripts/bench_solvers.py`` runs it beside the diffusers comparison).
 
 1. **Gaussian mixture.** The setting of section 1 of ``scripts/bench_solvers.py``: Stable Diffusion's DDPM
    schedule, an epsilon network that is the exact denoiser of a 32-d class-conditional Gaussian mixture,
@@ -11,49 +12,65 @@
    1000-step DPM-Solver++(2M) run (uniform log-SNR) of that ODE; held-out: 64 x_T (seed 0, digits 0-9 in
    turn), calibration: 32 other x_T (seed 1).
 
-For each candidate (one of our schedulers' solvers and an initial hand-made grid), ``fit_grid`` fits the
-grid on the calibration set. The candidate with the lowest *calibration* error is selected (held-out data
-never chooses anything); it then runs as our diffusers scheduler, ``set_timesteps(sigmas=...)``, on the
-held-out set beside every diffusers scheduler of ``bench_solvers.DIFFUSERS``. Calibration cost is reported
-in model evaluations (one per solver step on the whole calibration batch) and seconds; the teacher's cost is
-reported apart (none for the analytic mixture). Across guidance: the grid selected at one guidance is also
-run at others against diffusers there.
+Calibration methods (each fitted on the calibration set only):
 
-Writes ``docs/benchmarks/calibrated_grids.md``:  ``.venv/bin/python scripts/bench_calibrate.py``
+* **grid fit** (GITS-style teacher matching, ``samplers.calibrate.fit_grid``) for several of our solvers;
+* **DM-NonUniform** (``samplers.analytic_steps.optimise_steps``): model-free optimised steps, no fitting;
+* **solver search** (USF / S³, ``samplers.solver_search.search_solver_schedule``): per-step rules + grid;
+* **DPM-Solver-v3** (``samplers.ems.compute_ems`` on the calibration x_T, then the best hand-made grid by
+  calibration error, then a grid fit);
+* **bespoke** (``samplers.bespoke``): a linear multistep solver whose per-step weights are fitted to the
+  teacher's trajectory on the grid of the best grid fit.
+
+The configuration with the lowest *calibration* error is selected (held-out data never chooses anything); it
+then runs as a diffusers scheduler (``from_config(..., **fit.scheduler_config())``, ``set_timesteps(nfe)``)
+on the held-out set beside every diffusers scheduler of ``bench_solvers.DIFFUSERS``. Calibration cost is
+reported in model calls (each on the calibration batch; DPM-Solver-v3's statistics add their teacher and
+Jacobian-probe calls) and seconds; the teacher's own cost is reported apart (none for the analytic mixture).
+Across guidance: the configuration selected at one guidance is also run at others against diffusers there.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_solvers import DIFFUSERS, F64, SCHEDULE, SD, Problem  # noqa: E402
-
-from samplers import (  # noqa: E402
+from samplers import (
     Denoiser,
     DiscreteVPSchedule,
     DPMSolverPP,
     DPMSolverPPScheduler,
+    DPMSolverV3,
+    DPMSolverV3Scheduler,
+    ExponentialIntegratorScheduler,
+    UniPC,
     UniPCScheduler,
     make_grid,
     sample,
 )
-from samplers.analytic import GaussianMixture  # noqa: E402
-from samplers.calibrate import fit_grid  # noqa: E402
-from samplers.denoiser import convert_prediction  # noqa: E402
+from samplers.analytic import GaussianMixture
+from samplers.analytic_steps import optimise_steps
+from samplers.bespoke import calibrate_linear_multistep
+from samplers.calibrate import CalibratedGrid, fit_grid, relative_rms
+from samplers.denoiser import convert_prediction
+from samplers.ems import compute_ems
+from samplers.solver_search import search_solver_schedule
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "calibrated_grids.md"
-#: (scheduler class, its config, initial grid kind, final level) per candidate
+from bench_solvers import DIFFUSERS, F64, SCHEDULE, SD, Problem  # isort: skip
+
+NFES = (5, 6)
+DIGITS_CONFIG = dict(beta_schedule="squaredcos_cap_v2", num_train_timesteps=1000)
+DIGITS_SCHEDULE = DiscreteVPSchedule.from_betas("squaredcos_cap_v2")
+#: grid-fit candidates: (scheduler class, its config, initial grid kind, final level)
 UNIPC_BH1_3_EPS = dict(solver_order=3, solver_type="bh1", predict_x0=False)
-CANDIDATES = {
+GRID_FITS = {
     "UniPC-bh1-3 eps": (UniPCScheduler, UNIPC_BH1_3_EPS, "karras", "zero"),
     "UniPC-bh2-3 eps": (UniPCScheduler, dict(solver_order=3, predict_x0=False), "karras", "zero"),
     "UniPC-bh2-2 x0": (UniPCScheduler, {}, "quadratic", "min"),
@@ -61,9 +78,31 @@ CANDIDATES = {
     "DPM-Solver++ 2M": (DPMSolverPPScheduler, {}, "quadratic", "min"),
     "DPM-Solver++ 3M": (DPMSolverPPScheduler, dict(solver_order=3), "karras", "zero"),
 }  # fmt: skip
-NFES = (5, 6)
-DIGITS_CONFIG = dict(beta_schedule="squaredcos_cap_v2", num_train_timesteps=1000)
-DIGITS_SCHEDULE = DiscreteVPSchedule.from_betas("squaredcos_cap_v2")
+#: DM-NonUniform candidates: solvers whose optimised steps helped on a held-out mixture (the module's tests)
+NON_UNIFORM = {
+    "UniPC-bh2-3 x0": (UniPCScheduler, dict(solver_order=3)),
+    "DPM-Solver++ 3M": (DPMSolverPPScheduler, dict(solver_order=3, solver_type="exact")),
+}
+V3_GRIDS = ("uniform_t", "quadratic", "uniform_lambda", "karras")
+
+
+@dataclass
+class Candidate:
+    """A calibrated configuration: what it is, its fit, the cost of calibrating it, and its scheduler."""
+
+    method: str
+    label: str
+    fit: CalibratedGrid
+    nfe: int
+    seconds: float
+    scheduler: Callable[[dict], object]  # diffusers config of the model -> scheduler running this config
+
+    def run(self, problem: Problem) -> float:
+        return problem.run(self.scheduler(problem_config(problem)), self.fit.steps)
+
+
+def problem_config(problem: Problem) -> dict:
+    return DIGITS_CONFIG if isinstance(problem, DigitsProblem) else SD
 
 
 class DigitsProblem(Problem):
@@ -73,11 +112,10 @@ class DigitsProblem(Problem):
     def __init__(self, unet, guidance: float, n: int, seed: int, teacher_steps: int = 1000):
         self.guidance = guidance
         self.labels = torch.arange(n) % 10
-        null = torch.full((n,), 10)
 
         @torch.no_grad()
         def net(x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
-            rows = torch.cat([x, x]).float()
+            rows, null = torch.cat([x, x]).float(), torch.full_like(class_labels, 10)
             out = unet(rows, torch.cat([t, t]).float(), class_labels=torch.cat([class_labels, null])).sample
             cond, uncond = out.double().chunk(2)
             eps = uncond + guidance * (cond - uncond)
@@ -97,39 +135,81 @@ class DigitsProblem(Problem):
         self.teacher_seconds = time.perf_counter() - start
 
 
-def scheduler(label: str, final: str, config: dict):
-    cls, kw, _, _ = CANDIDATES[label]
-    return cls(**config, **kw, final_sigmas_type="zero" if final == "zero" else "sigma_min")
+def _with_grid(cls, kw: dict, fit: CalibratedGrid) -> Callable[[dict], object]:
+    return lambda config: cls(**config, **kw, **fit.scheduler_config())
 
 
-def calibrate(problem: Problem, nfe: int, schedule, config: dict, labels, max_evaluations: int) -> dict:
-    """The candidates ``labels`` fitted on ``problem`` (the calibration set): {label: CalibratedGrid}."""
-    fits = {}
+def _denoiser(problem: Problem) -> tuple[Denoiser, dict]:
+    return Denoiser(problem._net, "epsilon"), {"class_labels": problem.labels}
+
+
+def grid_fits(problem, nfe, schedule, config, labels, budget) -> list[Candidate]:
+    out = []
     for label in labels:
-        _, _, kind, final = CANDIDATES[label]
-        solver = scheduler(label, final, config).solvers[0]
+        cls, kw, kind, final = GRID_FITS[label]
+        solver = cls(**config, **kw, final_sigmas_type="zero" if final == "zero" else "sigma_min").solvers[0]
+        denoiser, cond = _denoiser(problem)
         init = make_grid(schedule, nfe, kind, final=final)
-        denoiser = Denoiser(problem._net, "epsilon")
-        cond = {"class_labels": problem.labels}
-        fit = fit_grid(
-            denoiser, solver, problem.x_T, problem.exact, init, cond=cond, max_evaluations=max_evaluations
-        )
-        fits[label] = fit
-        print(f"  {label}: calibration error {fit.initial_error:.4f} -> {fit.error:.4f}", flush=True)
-    return fits
+        fit = fit_grid(denoiser, solver, problem.x_T, problem.exact, init, cond=cond, max_evaluations=budget)
+        out.append(Candidate("grid fit", label, fit, fit.nfe, fit.seconds, _with_grid(cls, kw, fit)))
+    return out
 
 
-def held_out(problem: Problem, label: str, fit, config: dict) -> float:
-    final = "zero" if fit.final_sigmas_type == "zero" else "min"
-    return problem.run(scheduler(label, final, config), fit.steps, sigmas=fit.evaluation_sigmas)
+def non_uniform(problem, nfe, schedule, config) -> list[Candidate]:
+    """DM-NonUniform steps for each solver (model-free; one run on the calibration set to score it)."""
+    out = []
+    for label, (cls, kw) in NON_UNIFORM.items():
+        start = time.perf_counter()
+        solver = cls(**config, **kw, final_sigmas_type="zero").solvers[0]
+        grid = optimise_steps(schedule, nfe, solver=solver, final="zero")  # the objective of the solver run
+        denoiser, cond = _denoiser(problem)
+        error = relative_rms(sample(denoiser, problem.x_T, grid, solver, cond=cond), problem.exact)
+        levels = tuple((grid.sigma / grid.alpha).tolist())
+        fit = CalibratedGrid(levels, solver.name, error, error, 0, time.perf_counter() - start, 1)
+        out.append(Candidate("DM-NonUniform", label, fit, 0, fit.seconds, _with_grid(cls, kw, fit)))
+    return out
 
 
-def best_diffusers(problem: Problem, nfe: int, config: dict) -> tuple[str, float]:
+def solver_search(problem, nfe, schedule, budget: dict) -> list[Candidate]:
+    denoiser, cond = _denoiser(problem)
+    init = make_grid(schedule, nfe, "quadratic", final="min")
+    fit = search_solver_schedule(denoiser, problem.x_T, problem.exact, init, cond=cond, **budget)
+    return [Candidate("solver search", fit.solver, fit, fit.nfe, fit.seconds,
+                      _with_grid(ExponentialIntegratorScheduler, {}, fit))]  # fmt: skip
+
+
+def dpm_solver_v3(problem, nfe, schedule, ems_path: Path, ems_cost, budget) -> list[Candidate]:
+    """DPM-Solver-v3 with the statistics of ``ems_path``: the best hand-made grid, then a grid fit."""
+    denoiser, cond = _denoiser(problem)
+    solver = DPMSolverV3(str(ems_path), order=2)
+    start = time.perf_counter()
+    inits = [make_grid(schedule, nfe, kind, final="min") for kind in V3_GRIDS]
+    errors = [relative_rms(sample(denoiser, problem.x_T, g, solver, cond=cond), problem.exact) for g in inits]
+    init = inits[min(range(len(inits)), key=errors.__getitem__)]
+    fit = fit_grid(denoiser, solver, problem.x_T, problem.exact, init, cond=cond, max_evaluations=budget)
+    nfe_used, seconds = denoiser.nfe + ems_cost[0], time.perf_counter() - start + ems_cost[1]
+    fit = replace(fit, nfe=nfe_used, seconds=seconds)
+    kw = dict(ems=str(ems_path), solver_order=2)
+    return [
+        Candidate("DPM-Solver-v3", "EMS", fit, nfe_used, seconds, _with_grid(DPMSolverV3Scheduler, kw, fit))
+    ]
+
+
+def bespoke(problem, schedule, fits: list[Candidate], substeps: int) -> list[Candidate]:
+    """A bespoke linear multistep solver on the grid of the best grid fit (cost: teacher states + the fit)."""
+    denoiser, cond = _denoiser(problem)
+    grid = min(fits, key=lambda c: c.fit.error).fit.grid(schedule)
+    fit = calibrate_linear_multistep(denoiser, problem.x_T, problem.exact, grid, cond=cond, substeps=substeps)
+    return [Candidate("bespoke", "on the best fitted grid", fit, fit.nfe, fit.seconds,
+                      _with_grid(ExponentialIntegratorScheduler, {}, fit))]  # fmt: skip
+
+
+def best_diffusers(problem: Problem, nfe: int) -> tuple[str, float]:
     """The most accurate diffusers configuration (one that fails on this schedule counts as diverged)."""
     errors = {}
     for label, (cls, kw) in DIFFUSERS.items():
         try:
-            errors[label] = problem.run(cls(**config, **kw), nfe)
+            errors[label] = problem.run(cls(**problem_config(problem), **kw), nfe)
         except (IndexError, RuntimeError, ValueError) as error:
             print(f"  diffusers {label} fails at NFE {nfe}: {type(error).__name__}: {error}", flush=True)
             errors[label] = math.inf
@@ -137,19 +217,23 @@ def best_diffusers(problem: Problem, nfe: int, config: dict) -> tuple[str, float
     return label, errors[label]
 
 
-def compare(name, make_problem, guidances, transfers, schedule, config, labels, max_evaluations) -> list[str]:
-    """The tables of one model: held-out comparison, transfer across guidance, every candidate."""
+def compare(name, make_problem, guidances, transfers, methods) -> list[str]:
+    """The tables of one model: held-out comparison, transfer across guidance, every candidate.
+
+    ``methods(problem, nfe, guidance)`` returns the candidates calibrated on ``problem``."""
     summary = [
         "| guidance | NFE | best diffusers | its error | selected (by calibration error) | held-out error "
-        "| calibrated / diffusers | calibration NFE | calibration s |",
+        "| calibrated / diffusers | calibration model calls | calibration s |",
         "|---:|---:|---|---:|---|---:|---:|---:|---:|",
     ]
     detail = [
-        "| guidance | NFE | candidate | initial grid | calibration error: initial -> fitted | held-out |",
-        "|---:|---:|---|---|---|---:|",
+        "| guidance | NFE | method | configuration | calibration error: initial -> fitted | held-out "
+        "| model calls | s |",
+        "|---:|---:|---|---|---|---:|---:|---:|",
     ]
     transfer = [
-        "| fitted at | run at | NFE | best diffusers | its error | calibrated grid | error | ratio |",
+        "| fitted at | run at | NFE | best diffusers | its error | calibrated configuration | error "
+        "| ratio |",
         "|---:|---:|---:|---|---:|---|---:|---:|",
     ]
     teacher = 0.0
@@ -158,57 +242,81 @@ def compare(name, make_problem, guidances, transfers, schedule, config, labels, 
         teacher += getattr(calibration, "teacher_seconds", 0.0)
         for nfe in NFES:
             print(f"{name}: guidance {guidance}, NFE {nfe}", flush=True)
-            start = time.perf_counter()
-            fits = calibrate(calibration, nfe, schedule, config, labels, max_evaluations)
-            seconds = time.perf_counter() - start
-            chosen = min(fits, key=lambda k: fits[k].error)
-            d_label, d_error = best_diffusers(test, nfe, config)
-            errors = {label: held_out(test, label, fit, config) for label, fit in fits.items()}
-            cost = sum(f.nfe for f in fits.values())
+            candidates = methods(calibration, nfe, guidance)
+            chosen = min(candidates, key=lambda c: c.fit.error)
+            d_label, d_error = best_diffusers(test, nfe)
+            errors = [c.run(test) for c in candidates]
+            error = errors[candidates.index(chosen)]
             summary.append(
-                f"| {guidance} | {nfe} | {d_label} | {d_error:.4f} | {chosen} | {errors[chosen]:.4f} "
-                f"| {errors[chosen] / d_error:.2f} | {cost} | {seconds:.1f} |"
+                f"| {guidance} | {nfe} | {d_label} | {d_error:.4f} | {chosen.method}: {chosen.label} "
+                f"| {error:.4f} | {error / d_error:.2f} | {sum(c.nfe for c in candidates)} "
+                f"| {sum(c.seconds for c in candidates):.1f} |"
             )
-            for label, fit in fits.items():
-                _, _, kind, final = CANDIDATES[label]
-                mark = " (selected)" if label == chosen else ""
+            for c, held in zip(candidates, errors, strict=True):
+                mark = " (selected)" if c is chosen else ""
                 detail.append(
-                    f"| {guidance} | {nfe} | {label}{mark} | {kind}, to {final} | "
-                    f"{fit.initial_error:.4f} -> {fit.error:.4f} | {errors[label]:.4f} |"
+                    f"| {guidance} | {nfe} | {c.method}{mark} | {c.label} | {c.fit.initial_error:.4f} -> "
+                    f"{c.fit.error:.4f} | {held:.4f} | {c.nfe} | {c.seconds:.1f} |"
                 )
             for other in transfers.get(guidance, ()):
                 moved = make_problem(other, "held-out")
-                o_label, o_error = best_diffusers(moved, nfe, config)
-                error = held_out(moved, chosen, fits[chosen], config)
+                o_label, o_error = best_diffusers(moved, nfe)
+                error = chosen.run(moved)
                 transfer.append(
-                    f"| {guidance} | {other} | {nfe} | {o_label} | {o_error:.4f} | {chosen} | "
-                    f"{error:.4f} | {error / o_error:.2f} |"
+                    f"| {guidance} | {other} | {nfe} | {o_label} | {o_error:.4f} | {chosen.method}: "
+                    f"{chosen.label} | {error:.4f} | {error / o_error:.2f} |"
                 )
     note = [f"Teacher runs on the calibration sets: {teacher:.0f} s.", ""] if teacher else []
     return [
-        "### Held-out error: the best diffusers configuration vs the selected calibrated one",
+        "#### Held-out error: the best diffusers configuration vs the selected calibrated one",
         "",
         *summary,
         "",
         *note,
-        "### Across guidance: the selected grid run at another guidance",
+        "#### Across guidance: the selected configuration run at another guidance",
         "",
         *transfer,
         "",
-        "### Every candidate",
+        "#### Every candidate",
         "",
         *detail,
         "",
     ]
 
 
-def main() -> None:
-    torch.set_num_threads(1)
+def ems_for(problem: Problem, schedule, path: Path, steps: int, probes: int) -> tuple[int, float]:
+    """Compute the EMS on the calibration x_T, save them to ``path``; returns (model calls, seconds)."""
+    denoiser, cond = _denoiser(problem)
+    start = time.perf_counter()
+    compute_ems(denoiser, schedule, problem.x_T, cond=cond, steps=steps, probes=probes).save(path)
+    return denoiser.nfe, time.perf_counter() - start
+
+
+def calibration_section(*, quick: bool = False) -> list[str]:
+    """Section 4 of solvers.md: both models, NFE 5 and 6."""
     gmm = GaussianMixture.random(dim=32, n_components=4, n_classes=2, seed=0)
+    workdir = Path(tempfile.mkdtemp(prefix="ems-"))
 
     @functools.cache
     def gmm_problem(guidance: float, split: str) -> Problem:
         return Problem(gmm, guidance, seed=1 if split == "calibration" else 0)
+
+    @functools.cache
+    def ems_of(problem: Problem, schedule, tag: str, steps: int, probes: int):
+        path = workdir / f"{tag}.safetensors"
+        return path, ems_for(problem, schedule, path, steps, probes)
+
+    def gmm_methods(problem, nfe, guidance):
+        path, cost = ems_of(problem, SCHEDULE, f"gmm-{guidance}", 200, 4)
+        search = dict(rounds=1 if quick else 2, grid_evaluations=60 if quick else 150)
+        fits = grid_fits(problem, nfe, SCHEDULE, SD, list(GRID_FITS), 60 if quick else 400)
+        return [
+            *fits,
+            *bespoke(problem, SCHEDULE, fits, 100 if quick else 200),
+            *non_uniform(problem, nfe, SCHEDULE, SD),
+            *solver_search(problem, nfe, SCHEDULE, search),
+            *dpm_solver_v3(problem, nfe, SCHEDULE, path, cost, 60 if quick else 300),
+        ]
 
     from diffusers import UNet2DModel
 
@@ -217,51 +325,48 @@ def main() -> None:
 
     @functools.cache
     def digits_problem(guidance: float, split: str) -> DigitsProblem:
-        return DigitsProblem(unet, guidance, *((32, 1) if split == "calibration" else (64, 0)))
+        teacher = 200 if quick else 1000
+        return DigitsProblem(unet, guidance, *((32, 1) if split == "calibration" else (64, 0)), teacher)
 
-    gmm_lines = compare(
-        "mixture",
-        gmm_problem,
-        (1.0, 7.5),
-        {7.5: (5.0, 10.0)},
-        SCHEDULE,
-        SD,
-        list(CANDIDATES),
-        max_evaluations=400,
-    )
-    digits_lines = compare(
-        "digits",
-        digits_problem,
-        (2.0,),
-        {2.0: (1.0, 4.0)},
-        DIGITS_SCHEDULE,
-        DIGITS_CONFIG,
-        ["UniPC-bh1-3 eps", "UniPC-bh2-2 x0", "DPM-Solver++ 2M"],
-        max_evaluations=120,
-    )
-    lines = [
-        "# Teacher-matched time grids against diffusers at 5 and 6 evaluations",
+    def digits_methods(problem, nfe, guidance):
+        path, cost = ems_of(problem, DIGITS_SCHEDULE, f"digits-{guidance}", 50 if quick else 200, 2)
+        search = dict(starts=[UniPC(2)], rounds=1, sweeps=1, grid_evaluations=30 if quick else 80)
+        budget = 30 if quick else 120
+        labels = ["UniPC-bh2-2 x0", "DPM-Solver++ 2M"]
+        fits = grid_fits(problem, nfe, DIGITS_SCHEDULE, DIGITS_CONFIG, labels, budget)
+        return [
+            *fits,
+            *bespoke(problem, DIGITS_SCHEDULE, fits, 40 if quick else 200),
+            *non_uniform(problem, nfe, DIGITS_SCHEDULE, DIGITS_CONFIG),
+            *solver_search(problem, nfe, DIGITS_SCHEDULE, search),
+            *dpm_solver_v3(problem, nfe, DIGITS_SCHEDULE, path, cost, budget),
+        ]
+
+    gmm_lines = compare("mixture", gmm_problem, (1.0, 7.5), {7.5: (5.0, 10.0)}, gmm_methods)
+    digits_lines = compare("digits", digits_problem, (2.0,), {2.0: (1.0, 4.0)}, digits_methods)
+    teacher = "200" if quick else "1000"
+    return [
+        "Calibration methods, each fitted on a calibration set (see `scripts/bench_calibrate.py`): grid fit "
+        "(GITS-style teacher matching of the free grid points, `samplers/calibrate.py`), DM-NonUniform "
+        "(model-free optimised steps, `samplers/analytic_steps.py`), solver search (USF/S³ per-step rules + "
+        "grid, `samplers/solver_search.py`) and DPM-Solver-v3 (statistics computed from the model on the "
+        "calibration x_T, `samplers/ems.py`, then the best hand-made grid and a grid fit), and a bespoke "
+        "linear multistep solver (per-step weights fitted to the teacher's trajectory on the best fitted "
+        "grid, `samplers/bespoke.py`). The candidate "
+        "with the lowest calibration error is selected and run on held-out noise as a diffusers scheduler "
+        "built from its exported config. Calibration cost: all candidates of a cell together; the "
+        "statistics of DPM-Solver-v3 are computed once per guidance and counted in each NFE's cell.",
         "",
-        f"`scripts/bench_calibrate.py` (torch {torch.__version__}); one run. Candidates are fitted by "
-        "Nelder-Mead over the free grid points (`samplers/calibrate.py`); the one with the lowest "
-        "calibration error is selected and run on held-out noise. Calibration cost: all candidates together.",
+        "### 4a. Gaussian mixture (setting of section 1)",
         "",
-        "## 1. Gaussian mixture (setting of `docs/benchmarks/solvers.md`, section 1)",
-        "",
-        "Calibration: 256 x_T (seed 1), exact endpoints, at most 400 solver runs per candidate. Held-out: "
-        "the 256 x_T (seed 0) of `solvers.md`.",
+        "Calibration: 256 x_T (seed 1) with their exact endpoints. Held-out: the 256 x_T (seed 0) of "
+        "section 1.",
         "",
         *gmm_lines,
-        "## 2. The bundled digits model (reference: 1000-step DPM-Solver++(2M))",
+        f"### 4b. The bundled digits model (reference: {teacher}-step DPM-Solver++(2M))",
         "",
-        "Calibration: 32 x_T (seed 1), at most 120 solver runs per candidate. Held-out: 64 x_T (seed 0). "
-        "Digits 0-9 in turn; guidance over the null class 10.",
+        "Calibration: 32 x_T (seed 1). Held-out: 64 x_T (seed 0). Digits 0-9 in turn; guidance over the "
+        "null class 10; the model's clip_sample clamp is part of the ODE.",
         "",
         *digits_lines,
     ]
-    OUT.write_text("\n".join(lines))
-    print(f"wrote {OUT}")
-
-
-if __name__ == "__main__":
-    main()

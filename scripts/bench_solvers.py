@@ -14,6 +14,10 @@ Writes docs/benchmarks/solvers.md:
    interleaved in one process (ratios only; wall-clock times depend on the machine).
 3. Every engine preset's error on uniform-log-SNR (DDPM) and uniform-t (flow) grids, and DPM-Solver++(3M)
    with exact vs diffusers' reference coefficients.
+4. Calibrated configurations (teacher-matched grids, DM-NonUniform steps, solver-schedule search,
+   DPM-Solver-v3 with computed statistics) against diffusers at 5 and 6 evaluations, on the mixture and on
+   the bundled digits model, with calibration cost and transfer across seeds and guidance
+   (``scripts/bench_calibrate.py``; about 30 minutes of the run on 1 CPU thread).
 
     .venv/bin/python scripts/bench_solvers.py [--quick]
 """
@@ -279,7 +283,7 @@ def third_order_section(step_counts) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer NFE values and repeats")
+    parser.add_argument("--quick", action="store_true", help="fewer NFE values, repeats and calibration runs")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # diffusers' NumPy 2 copy=False warnings
     torch.set_num_threads(1)
@@ -332,6 +336,10 @@ def main() -> None:
         "",
     ]
     lines += third_order_section((10, 50) if args.quick else (10, 20, 50, 100, 200))
+    from bench_calibrate import calibration_section  # it imports this module's settings
+
+    lines += ["", "## 4. Calibrated configurations against diffusers at 5 and 6 evaluations", ""]
+    lines += calibration_section(quick=args.quick)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
