@@ -14,7 +14,9 @@ of exactly this general linear multistep form against a many-step teacher. Here 
 2. :func:`fit_linear_multistep` goes step by step: given the bespoke solver's own x_i and outputs m_0..m_i
    (it runs the model on its own trajectory, so earlier errors are seen), the weights (a_i, b_i0..b_ii)
    are the least-squares solution of x_{i+1} = x*_{i+1} over all calibration samples and dimensions
-   (one scalar per term, shared by every sample and dimension: i + 2 numbers per step).
+   (one scalar per term, shared by every sample and dimension: i + 2 numbers per step);
+3. optionally (:func:`calibrate_linear_multistep` with ``refine_evaluations``) all weights are then polished
+   together on the end-point error by Nelder-Mead, since only the end point matters (BNS train end to end).
 
 The result runs in :func:`~samplers.solvers.sample` and in
 :class:`~samplers.schedulers.ExponentialIntegratorScheduler` (config ``linear_multistep``). The weights are
@@ -190,12 +192,18 @@ def calibrate_linear_multistep(
     cond: Mapping[str, torch.Tensor] | None = None,
     prediction: Literal["data", "noise"] = "data",
     substeps: int = 100,
+    refine_evaluations: int = 0,
 ) -> CalibratedGrid:
     """Teacher states on ``grid`` + the fit, as a :class:`~samplers.calibrate.CalibratedGrid` whose
     ``scheduler_config()`` runs it in ExponentialIntegratorScheduler. ``reference`` (the teacher's endpoints
     of ``x``, e.g. at sigma = 0) is the target of the last step, whatever the grid's last point, and measures
-    the errors; ``initial_error`` is DPM-Solver++(2M) on the same grid. The cost counts the teacher states
-    inside the grid and the fit (model calls on the calibration batch)."""
+    the errors; ``initial_error`` is DPM-Solver++(2M) on the same grid.
+
+    ``refine_evaluations`` > 0 then polishes all weights together on the end-point error (Nelder-Mead from
+    the step-by-step fit, at most that many solver runs; kept only if better): the step-by-step fit matches
+    every intermediate state, while only the end point matters, as in BNS's end-to-end training. The cost
+    counts the teacher states inside the grid, the fit and the refinement (model calls on the calibration
+    batch)."""
     nfe_before, clock = denoiser.nfe, time.perf_counter()
     if grid.steps > 1:  # the teacher's states inside the grid; the last step aims at the reference itself
         inner = TimeGrid.from_times(grid.schedule, grid.t[:-1], final="min")
@@ -203,8 +211,10 @@ def calibrate_linear_multistep(
     else:
         states = [x, reference]
     solver = fit_linear_multistep(denoiser, x, states, grid, cond=cond, prediction=prediction)
-    cost, seconds = denoiser.nfe - nfe_before, time.perf_counter() - clock
     error = relative_rms(sample(denoiser, x, grid, solver, cond=cond), reference)
+    if refine_evaluations > 0:
+        solver, error = _refine(denoiser, x, reference, grid, solver, error, cond, refine_evaluations)
+    cost, seconds = denoiser.nfe - nfe_before, time.perf_counter() - clock
     initial = relative_rms(sample(denoiser, x, grid, DPMSolverPP(2), cond=cond), reference)
     return CalibratedGrid(
         sigmas=tuple((grid.sigma / grid.alpha).tolist()),
@@ -216,3 +226,30 @@ def calibrate_linear_multistep(
         evaluations=1,
         linear_multistep={"prediction": prediction, "weights": [list(w) for w in solver.weights]},
     )
+
+
+def _refine(denoiser, x, reference, grid, solver: LinearMultistep, error: float, cond, evaluations: int):
+    """Nelder-Mead on all weights (flattened) from ``solver``; returns the better of the two and its error."""
+    from scipy.optimize import minimize
+
+    sizes = [len(row) for row in solver.weights]
+    start = [w for row in solver.weights for w in row]
+
+    def unflatten(flat) -> LinearMultistep:
+        rows, at = [], 0
+        for n in sizes:
+            rows.append(tuple(flat[at : at + n]))
+            at += n
+        return LinearMultistep(tuple(rows), solver.prediction)
+
+    def objective(flat) -> float:
+        try:
+            return relative_rms(sample(denoiser, x, grid, unflatten(flat), cond=cond), reference)
+        except ValueError:  # non-finite model inputs: a diverging candidate
+            return math.inf
+
+    options = {"maxfev": evaluations, "adaptive": True, "xatol": 1e-6, "fatol": 1e-6 * error}
+    result = minimize(objective, start, method="Nelder-Mead", options=options)
+    if result.fun < error:
+        return unflatten(result.x), float(result.fun)
+    return solver, error
