@@ -21,6 +21,7 @@ from samplers import (
     TimeGrid,
     UniPC,
     compute_ems,
+    fit_grid,
     make_grid,
     sample,
 )
@@ -228,6 +229,20 @@ def test_scheduler_loop_equals_sample(tmp_path):
         solver = DPMSolverV3(str(path), order, corrector=corrector)
         ref = sample(Denoiser(net), start, sched.grid, solver)
         assert rel_err(x, ref) < 1e-6, (order, corrector)
+    # a grid fitted for DPM-Solver-v3 runs in its scheduler from the exported config
+    x, labels = noise(16, 8, 6), None
+    reference = solve_probability_flow(MIX, x, (float(schedule.alpha(999.0)), float(schedule.sigma(999.0))),
+                                       [(1.0, 0.0)], class_labels=labels)[0]  # fmt: skip
+    solver = DPMSolverV3(str(path), 2)
+    init = make_grid(schedule, 5, "uniform_t", final="min")
+    fit = fit_grid(Denoiser(net), solver, x, reference, init, max_evaluations=30)
+    sched = DPMSolverV3Scheduler.from_config(config, **fit.scheduler_config())
+    sched.set_timesteps(5)
+    out = x.clone()
+    for t in sched.timesteps:
+        out = sched.step(net(out, t.to(F64).expand(out.shape[0])), t, out).prev_sample
+    direct = sample(Denoiser(net, time_fn=lambda t: t.float().double()), x, fit.grid(schedule), solver)
+    assert rel_err(out, direct) < 1e-12 and fit.error <= fit.initial_error
     with pytest.raises(ValueError, match="needs `ems`"):
         DPMSolverV3Scheduler()
     with pytest.raises(FileNotFoundError):
