@@ -52,7 +52,7 @@ import torch
 from .denoiser import DenoiserOutput
 from .grids import Final, TimeGrid, make_grid
 from .schedules import NoiseSchedule
-from .solvers import Solver
+from .solvers import Solver, drive
 
 __all__ = ["paper_solver", "final_coefficients", "step_objective", "optimise_steps"]
 
@@ -84,19 +84,15 @@ def final_coefficients(lambdas: Sequence[float], solver: Solver) -> np.ndarray:
     grid = TimeGrid(torch.from_numpy(-lam), torch.from_numpy(alpha), torch.from_numpy(sigma))
     basis = torch.eye(n + 1, dtype=torch.float64)
     state = solver.init(basis[:1], grid)
-    for i in range(n):
-        plan = solver.advance(state, grid)
-        request = next(plan)
-        a, s = request.alpha, request.sigma
-        unit = basis[1 + i : 2 + i]
+
+    def unit_output(x, t, a, s, cond) -> DenoiserOutput:  # the model output at step i: unit vector 1 + i
+        unit = basis[1 + state.step : 2 + state.step]
         if solver.prediction == "data":
-            out = DenoiserOutput(x0=unit, eps=(request.x - a * unit) / s)
-        else:
-            out = DenoiserOutput(x0=(request.x - s * unit) / a, eps=unit)
-        try:
-            plan.send(out)
-        except StopIteration as done:
-            state = done.value
+            return DenoiserOutput(x0=unit, eps=(x - a * unit) / s)
+        return DenoiserOutput(x0=(x - s * unit) / a, eps=unit)
+
+    for _ in range(n):
+        state = drive(solver.advance(state, grid), unit_output, state.cond)
     return state.x[0, 1:].numpy() / alpha[-1]
 
 

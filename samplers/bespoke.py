@@ -34,9 +34,10 @@ from typing import Literal
 import torch
 
 from .calibrate import CalibratedGrid, relative_rms
+from .coefficients import StepCoefficients
 from .denoiser import Denoiser, DenoiserOutput
 from .grids import TimeGrid, make_grid
-from .solvers import DPMSolverPP, Evaluation, _evaluate, drive, sample
+from .solvers import DPMSolverPP, Evaluation, _combine, _evaluate, drive, sample
 from .state import SolverState
 
 __all__ = ["LinearMultistep", "teacher_states", "fit_linear_multistep", "calibrate_linear_multistep"]
@@ -97,15 +98,7 @@ class LinearMultistep:
             raise ValueError(f"state is at step {i}; the solver has steps 0..{self.steps - 1}")
         out = yield Evaluation(state.x, grid.t[i], grid.alpha_values[i], grid.sigma_values[i], i)
         history = (*state.history, out.x0 if self.prediction == "data" else out.eps)
-        return replace(
-            state,
-            x=_combine(self.weights[i], state.x, history),
-            step=i + 1,
-            history=history,
-            history_steps=(*state.history_steps, i),
-            x_prev=state.x,
-            prev_order=i + 1,
-        )
+        return _stepped(state, self.weights[i], history)
 
     def step(self, denoiser: Denoiser, state: SolverState, grid: TimeGrid, noise=None) -> SolverState:
         return drive(self.advance(state, grid), denoiser, state.cond)
@@ -117,11 +110,19 @@ class LinearMultistep:
         return [(float(grid.t[i]), grid.alpha_values[i], grid.sigma_values[i])]
 
 
-def _combine(row: Sequence[float], x: torch.Tensor, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    total = x * row[0]
-    for w, m in zip(row[1:], outputs, strict=True):
-        total = total + w * m
-    return total
+def _stepped(state: SolverState, row: Sequence[float], history: tuple[torch.Tensor, ...]) -> SolverState:
+    """The state after step ``state.step`` with weights ``row`` = (a_i, b_i0, ..., b_ii) on (x_i, history)."""
+    i = state.step
+    weights = StepCoefficients(row[0], tuple(row[1:]), 0.0)
+    return replace(
+        state,
+        x=_combine(weights, state.x, list(history)),
+        step=i + 1,
+        history=history,
+        history_steps=(*state.history_steps, i),
+        x_prev=state.x,
+        prev_order=i + 1,
+    )
 
 
 def teacher_states(
@@ -173,13 +174,7 @@ def fit_linear_multistep(
         target = states[i + 1].reshape(-1).to(torch.float64)
         row = tuple(torch.linalg.lstsq(terms, target.unsqueeze(1)).solution.squeeze(1).tolist())
         weights.append(row)
-        state = replace(
-            state,
-            x=_combine(row, state.x, history),
-            step=i + 1,
-            history=history,
-            history_steps=(*state.history_steps, i),
-        )
+        state = _stepped(state, row, history)
     return LinearMultistep(tuple(weights), prediction)
 
 

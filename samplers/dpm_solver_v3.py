@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from .denoiser import Denoiser, DenoiserOutput
-from .ems import EmpiricalModelStatistics, dlog_alpha_dlambda, load_ems
+from .ems import EmpiricalModelStatistics, dlog_alpha_dlambda, load_ems, log_alpha_of_lambda
 from .grids import TimeGrid
 from .solvers import Evaluation, drive, order_at
 from .state import SolverState
@@ -73,7 +73,7 @@ class _Tables:
         self.lam = ems.lambdas
         k = self.lam.numel()
         a = dlog_alpha_dlambda(schedule, self.lam).reshape(k, 1)
-        alpha = torch.exp(_log_alpha(schedule, self.lam)).reshape(k, 1)
+        alpha = torch.exp(log_alpha_of_lambda(schedule, self.lam)).reshape(k, 1)
         self.l = ems.l.reshape(k, -1)
         self.st = ems.s.reshape(k, -1) - a
         self.bt = ems.b.reshape(k, -1) / alpha
@@ -104,10 +104,6 @@ class _Tables:
         inside = cum[idx] + ((qc - self.lam[idx]).reshape(-1, 1)) * (v_lo + v_q) / 2
         beyond = (q - qc).reshape(-1, 1)  # constant extrapolation within the tolerance
         return inside + beyond * v_q
-
-
-def _log_alpha(schedule, lam: torch.Tensor) -> torch.Tensor:
-    return torch.log(schedule.alpha(schedule.t_of_lambda(lam)))
 
 
 def _pieces(tables: _Tables, a: float, b: float) -> torch.Tensor:
@@ -295,7 +291,12 @@ class DPMSolverV3:
     def _tables(self, grid: TimeGrid) -> _Tables:
         ems, sched = self.statistics, grid.schedule
         ends = torch.tensor([ems.lambda_min, ems.lambda_max], dtype=_F64)
-        key = ("dpmv3-tables", ems.fingerprint, type(sched).__name__, tuple(_log_alpha(sched, ends).tolist()))
+        key = (
+            "dpmv3-tables",
+            ems.fingerprint,
+            type(sched).__name__,
+            tuple(log_alpha_of_lambda(sched, ends).tolist()),
+        )
         tables = grid.step_cache.get(key)
         if tables is None:
             tables = grid.step_cache[key] = _Tables(ems, sched)

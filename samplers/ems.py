@@ -362,7 +362,7 @@ def compute_ems(
     shape_b = (-1,) + (1,) * (x.ndim - 1)
     l_tab = torch.stack(ls)  # (K, *shape)
     n = sig.reshape(shape_b) * torch.stack(eps) - l_tab[:, None] * x
-    dn = _gradient(n, lam)
+    dn = torch.gradient(n, spacing=(lam,), dim=0, edge_order=2)[0]  # second order, non-uniform spacing
     mean_n, mean_dn = n.mean(dim=1), dn.mean(dim=1)
     cov = ((n - mean_n[:, None]) * (dn - mean_dn[:, None])).mean(dim=1)
     var = (n - mean_n[:, None]).pow(2).mean(dim=1)
@@ -386,32 +386,3 @@ def compute_ems(
         "dtype": str(x_T.dtype),
     }
     return EmpiricalModelStatistics(lam, l_tab, s_tab, b_tab, meta)
-
-
-def _gradient(values: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """d values / d lambda along dim 0 on a (possibly non-uniform) grid, second order everywhere:
-    three-point central differences inside, three-point one-sided at the ends."""
-    k = values.shape[0]
-    shape = (-1,) + (1,) * (values.ndim - 1)
-    out = torch.empty_like(values)
-    if k == 2:
-        out[:] = (values[1] - values[0]) / (lam[1] - lam[0])
-        return out
-    h1 = (lam[1:-1] - lam[:-2]).reshape(shape)  # backward spacing
-    h2 = (lam[2:] - lam[1:-1]).reshape(shape)  # forward spacing
-    f0, f1, f2 = values[:-2], values[1:-1], values[2:]
-    out[1:-1] = (h1**2 * f2 - h2**2 * f0 + (h2**2 - h1**2) * f1) / (h1 * h2 * (h1 + h2))
-    # ends: fit a parabola through the first / last three points
-    a, c = float(lam[1] - lam[0]), float(lam[2] - lam[1])
-    out[0] = (
-        (-(2 * a + c) / (a * (a + c))) * values[0]
-        + ((a + c) / (a * c)) * values[1]
-        - (a / (c * (a + c))) * values[2]
-    )
-    a, c = float(lam[-1] - lam[-2]), float(lam[-2] - lam[-3])
-    out[-1] = (
-        ((2 * a + c) / (a * (a + c))) * values[-1]
-        - ((a + c) / (a * c)) * values[-2]
-        + (a / (c * (a + c))) * values[-3]
-    )
-    return out

@@ -759,26 +759,17 @@ class DPMSolverV3Scheduler(_EngineScheduler):
     }
 
     def _solvers(self) -> list[Solver]:
-        import os
-
         from .dpm_solver_v3 import DPMSolverV3
-        from .ems import EmpiricalModelStatistics
 
         cfg = self.config
-        ems = cfg.ems
-        if ems is None:
+        if cfg.ems is None:
             raise ValueError(
                 "DPMSolverV3Scheduler needs `ems`: the path of an EMS safetensors file "
                 "(samplers.ems.compute_ems(...).save(path)), e.g. "
                 "from_config(config, ems='stats.safetensors')"
             )
-        if not isinstance(ems, EmpiricalModelStatistics):
-            if not isinstance(ems, str | os.PathLike):
-                raise ValueError(f"ems must be a path to an EMS safetensors file, got {type(ems).__name__}")
-            if not os.path.isfile(os.fspath(ems)):
-                raise FileNotFoundError(f"DPMSolverV3Scheduler: EMS file not found: {os.fspath(ems)!r}")
-        solver = DPMSolverV3(
-            ems,
+        solver = DPMSolverV3(  # it checks the statistics (type, file) itself
+            cfg.ems,
             order=cfg.solver_order,
             corrector=bool(cfg.use_corrector),
             name=f"DPM-Solver-v3-{cfg.solver_order}",
